@@ -1,0 +1,243 @@
+"""The per-record rules of each task, as the hosted product taught them.
+
+``check_record`` returns every broken rule of one record as a ``DataError`` naming the file, the
+line and the JSON path of the offending value (``messages[2].role``), so a user can fix the data
+in one pass. The functions are pure: no I/O, no tokenizer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from ftmagic.errors import DataError
+
+CHAT = "CHAT_COMPLETION"
+INSTRUCTION = "INSTRUCTION_FINETUNE"
+PRETRAIN = "CONTINUED_PRETRAIN"
+ROLES = ("system", "user", "assistant")
+CHAT_SHAPE = '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", ...}]}'
+INSTRUCTION_SHAPE = '{"prompt": "...", "response": "..."}'
+
+
+def detect_task(data: dict[str, Any]) -> str | None:
+    """The task a record's shape belongs to, or None when it fits none.
+
+    >>> detect_task({"messages": []})
+    'CHAT_COMPLETION'
+    >>> detect_task({"prompt": "a", "completion": "b"})
+    'INSTRUCTION_FINETUNE'
+    >>> detect_task({"text": "a"}) is None
+    True
+    """
+    if "messages" in data:
+        return CHAT
+    if "prompt" in data and ("response" in data or "completion" in data):
+        return INSTRUCTION
+    return None
+
+
+def task_mismatch(
+    data: dict[str, Any], task_type: str, *, source: str | None, line: int | None
+) -> DataError | None:
+    """An error when a record clearly belongs to another task than ``task_type``."""
+    found = detect_task(data)
+    if found is None or found == task_type:
+        return None
+    shape = "chat data ('messages')" if found == CHAT else "instruction data ('prompt'/'response')"
+    return DataError(
+        f"looks like {shape}, but task_type is {task_type}",
+        source=source,
+        line=line,
+        fix=f"set task_type: {found}",
+    )
+
+
+def check_record(
+    data: dict[str, Any], task_type: str, *, source: str | None = None, line: int | None = None
+) -> list[DataError]:
+    """Every rule of ``task_type`` that ``data`` breaks (an empty list when it is fine)."""
+    if not isinstance(data, dict):
+        return [DataError("record is not an object", source=source, line=line, value=data)]
+    mismatch = task_mismatch(data, task_type, source=source, line=line)
+    if mismatch is not None:
+        return [mismatch]
+    if task_type == CHAT:
+        return check_chat(data, source=source, line=line)
+    if task_type == INSTRUCTION:
+        return check_instruction(data, source=source, line=line)
+    return [
+        DataError(
+            "continued pretraining reads .txt files, not records",
+            source=source,
+            line=line,
+            fix="point train_data_path at a folder of .txt files, or set task_type to "
+            f"{CHAT} or {INSTRUCTION}",
+        )
+    ]
+
+
+def check_chat(
+    data: dict[str, Any], *, source: str | None = None, line: int | None = None
+) -> list[DataError]:
+    """The chat rules: roles system/user/assistant, system only first, user and assistant
+    alternate starting with user, and the last message is the assistant's."""
+
+    def error(rule: str, field: str, value: object = None, fix: str | None = None) -> DataError:
+        return DataError(rule, source=source, line=line, field=field, value=value, fix=fix)
+
+    messages = data.get("messages")
+    if "messages" not in data:
+        return [error("missing the 'messages' field", "messages", fix=f"write {CHAT_SHAPE}")]
+    if not isinstance(messages, list) or not messages:
+        rule = "messages is empty" if messages == [] else "messages must be a list of messages"
+        return [error(rule, "messages", value=messages, fix=f"write {CHAT_SHAPE}")]
+    found: list[DataError] = []
+    roles: list[str | None] = []
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            found.append(error("message must be an object with role and content", where, message))
+            roles.append(None)
+            continue
+        found += _check_message(message, where, error)
+        role = message.get("role")
+        roles.append(role if role in ROLES else None)
+    found += _check_order(roles, error)
+    return found
+
+
+def _check_message(message: dict[str, Any], where: str, error: Any) -> list[DataError]:
+    found = []
+    role = message.get("role")
+    if "role" not in message:
+        found.append(
+            error("message has no role", f"{where}.role", fix="add role: user or assistant")
+        )
+    elif role not in ROLES:
+        found.append(
+            error("unknown role", f"{where}.role", role, fix="use system, user or assistant")
+        )
+    content = message.get("content")
+    if "content" not in message:
+        found.append(error("message has no content", f"{where}.content", fix="add content: text"))
+    elif not isinstance(content, str):
+        found.append(
+            error(
+                "content must be a string",
+                f"{where}.content",
+                content,
+                fix="put the message text in content as one string",
+            )
+        )
+    return found
+
+
+def _check_order(roles: list[str | None], error: Any) -> list[DataError]:
+    """Order rules over the known roles (unknown ones were reported already)."""
+    found = []
+    for index, role in enumerate(roles):
+        if role == "system" and index > 0:
+            found.append(
+                error(
+                    "a system message may only come first",
+                    f"messages[{index}].role",
+                    role,
+                    fix="move the system message to the start or merge it into the first one",
+                )
+            )
+    turns = [(i, r) for i, r in enumerate(roles) if r in ("user", "assistant")]
+    if turns and turns[0][1] != "user":
+        index = turns[0][0]
+        found.append(
+            error(
+                "the conversation must start with a user message (after an optional system one)",
+                f"messages[{index}].role",
+                turns[0][1],
+                fix="add the user message that the assistant answers",
+            )
+        )
+    for (_, before), (index, role) in itertools.pairwise(turns):
+        if role == before:
+            found.append(
+                error(
+                    f"roles must alternate user/assistant: two {role} messages in a row",
+                    f"messages[{index}].role",
+                    role,
+                    fix=f"merge the two {role} messages or add the missing "
+                    f"{'assistant' if role == 'user' else 'user'} message between them",
+                )
+            )
+    last = len(roles) - 1
+    if "assistant" not in roles:
+        if all(r is not None for r in roles):
+            found.append(
+                error(
+                    "has no assistant message: there is nothing to train on",
+                    "messages",
+                    fix="end the conversation with the assistant's answer",
+                )
+            )
+    elif roles[last] != "assistant" and roles[last] is not None:
+        found.append(
+            error(
+                "the last message must be from the assistant",
+                f"messages[{last}].role",
+                roles[last],
+                fix="end the conversation with the assistant's answer, or drop the trailing "
+                "message",
+            )
+        )
+    return found
+
+
+def check_instruction(
+    data: dict[str, Any], *, source: str | None = None, line: int | None = None
+) -> list[DataError]:
+    """The instruction rules: a non-empty string ``prompt`` and ``response`` (or ``completion``)."""
+    found = []
+    if "response" in data and "completion" in data:
+        found.append(
+            DataError(
+                "has both response and completion",
+                source=source,
+                line=line,
+                field="completion",
+                fix="keep one of them",
+            )
+        )
+    answer = "completion" if "completion" in data and "response" not in data else "response"
+    for name in ("prompt", answer):
+        value = data.get(name)
+        if name not in data:
+            rule = f"missing the '{name}' field"
+            if name == "response":
+                rule = "missing the 'response' (or 'completion') field"
+            found.append(
+                DataError(
+                    rule, source=source, line=line, field=name, fix=f"write {INSTRUCTION_SHAPE}"
+                )
+            )
+        elif not isinstance(value, str):
+            found.append(
+                DataError(
+                    f"{name} must be a string",
+                    source=source,
+                    line=line,
+                    field=name,
+                    value=value,
+                    fix=f"write {INSTRUCTION_SHAPE}",
+                )
+            )
+        elif not value.strip():
+            found.append(
+                DataError(
+                    f"{name} is empty",
+                    source=source,
+                    line=line,
+                    field=name,
+                    value=value,
+                    fix="remove the example or fill it in",
+                )
+            )
+    return found
