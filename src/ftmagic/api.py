@@ -42,7 +42,7 @@ def preview(
     task_type: str = "CHAT_COMPLETION",
     context_length: int | None = None,
 ) -> Preview:
-    """Render one example exactly as training sees it: each token, its id and whether it is trained."""
+    """Render one example exactly as training sees it: each token, its id, whether it is trained."""
     from ftmagic.data.preview import preview as impl
 
     return impl(model, example, task_type=task_type, context_length=context_length)
@@ -62,7 +62,7 @@ def get(run: Run | str) -> Run:
     return get_run(run)
 
 
-def list(  # noqa: A001 - mirrors fm.list
+def list(  # mirrors fm.list, so it shadows the builtin
     *, experiment_path: str | None = None, limit: int = 50
 ) -> builtins.list[Run]:
     """Runs, newest first."""

@@ -84,7 +84,9 @@ class RunConfig:
     """A fine-tuning run: what to train, on which data, for how long and where."""
 
     # --- fields of the hosted product, with its names and defaults ---
-    model: str = _field("", "Model to fine-tune: a catalog name, a Hugging Face id or a local folder.")
+    model: str = _field(
+        "", "Model to fine-tune: a catalog name, a Hugging Face id or a local folder."
+    )
     train_data_path: str = _field(
         "",
         "Training data: a JSONL/Parquet/CSV file or fsspec URL, a Delta table folder, a "
@@ -135,7 +137,9 @@ class RunConfig:
     lora_alpha: int = _field(32, "LoRA scaling alpha.", group="method")
     lora_dropout: float = _field(0.05, "Dropout on the LoRA branch.", group="method")
     lora_target_modules: list[str] = _field(
-        ["all-linear"], "Modules that get adapters: 'all-linear' or names like q_proj.", group="method"
+        ["all-linear"],
+        "Modules that get adapters: 'all-linear' or names like q_proj.",
+        group="method",
     )
     merge_lora: bool = _field(
         True,
@@ -172,9 +176,13 @@ class RunConfig:
     warmup_steps: int | None = _field(
         None, "Linear warmup steps. Empty: 5% of the steps.", group="optim"
     )
-    lr_schedule: str = _field("cosine", "Decay after warmup: cosine, linear or constant.", group="optim")
+    lr_schedule: str = _field(
+        "cosine", "Decay after warmup: cosine, linear or constant.", group="optim"
+    )
     weight_decay: float = _field(0.0, "AdamW weight decay.", group="optim")
-    max_grad_norm: float = _field(1.0, "Clip the gradient norm to this (0: no clipping).", group="optim")
+    max_grad_norm: float = _field(
+        1.0, "Clip the gradient norm to this (0: no clipping).", group="optim"
+    )
     checkpoint_interval: str = _field(
         "1ep",
         "Checkpoint (with eval loss and eval-prompt generations) every 1ep, 500_000tok or 50ba; "
@@ -192,7 +200,9 @@ class RunConfig:
         1, "Processes (torchrun) or workers (ray) to train with.", group="backend"
     )
     ray_address: str | None = _field(
-        None, "Ray cluster address (ray://... or http://...:8265). Empty: RAY_ADDRESS.", group="backend"
+        None,
+        "Ray cluster address (ray://... or http://...:8265). Empty: RAY_ADDRESS.",
+        group="backend",
     )
 
     def __post_init__(self) -> None:
@@ -244,7 +254,9 @@ class RunConfig:
         return cls.from_yaml(text, source=str(path))
 
     @classmethod
-    def coerce(cls, config: RunConfig | dict[str, Any] | str | Path | None = None, **kwargs: Any) -> RunConfig:
+    def coerce(
+        cls, config: RunConfig | dict[str, Any] | str | Path | None = None, **kwargs: Any
+    ) -> RunConfig:
         """Accept a config, a dict, a YAML file path, or keyword arguments (which override)."""
         if config is None:
             base: dict[str, Any] = {}
@@ -266,13 +278,23 @@ class RunConfig:
         if only_changed:
             defaults = RunConfig.__new__(RunConfig)
             for f in dataclasses.fields(self):
-                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                default = (
+                    f.default_factory()
+                    if f.default_factory is not dataclasses.MISSING
+                    else f.default
+                )
                 setattr(defaults, f.name, default)
-            data = {k: v for k, v in data.items() if v != getattr(defaults, k) or k in ("model", "train_data_path")}
+            data = {
+                k: v
+                for k, v in data.items()
+                if v != getattr(defaults, k) or k in ("model", "train_data_path")
+            }
         return data
 
     def to_yaml(self, *, only_changed: bool = False) -> str:
-        return yaml.safe_dump(self.to_dict(only_changed=only_changed), sort_keys=False, allow_unicode=True)
+        return yaml.safe_dump(
+            self.to_dict(only_changed=only_changed), sort_keys=False, allow_unicode=True
+        )
 
     # --- derived values ---------------------------------------------------------------------
     @property
@@ -342,12 +364,22 @@ class RunConfig:
         _check_list_of_str("eval_prompts", self.eval_prompts)
         _check_list_of_str("lora_target_modules", self.lora_target_modules)
         for name in ("context_length", "pack_length", "warmup_steps"):
-            _check_int(name, getattr(self, name), minimum=0 if name == "warmup_steps" else 1, optional=True)
-        for name in ("lora_rank", "lora_alpha", "tokens_per_batch", "micro_batch_tokens",
-                     "max_new_tokens", "num_processes"):
+            _check_int(
+                name, getattr(self, name), minimum=0 if name == "warmup_steps" else 1, optional=True
+            )
+        for name in (
+            "lora_rank",
+            "lora_alpha",
+            "tokens_per_batch",
+            "micro_batch_tokens",
+            "max_new_tokens",
+            "num_processes",
+        ):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("seed", self.seed, minimum=0)
-        self.learning_rate = _check_float("learning_rate", self.learning_rate, low=0.0, high=1.0, optional=True)
+        self.learning_rate = _check_float(
+            "learning_rate", self.learning_rate, low=0.0, high=100.0, optional=True
+        )
         self.lora_dropout = _check_float("lora_dropout", self.lora_dropout, low=0.0, high=0.99)  # type: ignore[assignment]
         self.weight_decay = _check_float("weight_decay", self.weight_decay, low=0.0, high=10.0)  # type: ignore[assignment]
         self.max_grad_norm = _check_float("max_grad_norm", self.max_grad_norm, low=0.0, high=1e6)  # type: ignore[assignment]
@@ -395,7 +427,9 @@ def _check_int(name: str, value: Any, *, minimum: int, optional: bool = False) -
         raise ConfigError(name, f"must be at least {minimum}", value=value)
 
 
-def _check_float(name: str, value: Any, *, low: float, high: float, optional: bool = False) -> float | None:
+def _check_float(
+    name: str, value: Any, *, low: float, high: float, optional: bool = False
+) -> float | None:
     if value is None and optional:
         return None
     if isinstance(value, str):

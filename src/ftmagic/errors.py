@@ -41,8 +41,8 @@ class ConfigError(FtmagicError, ValueError):
 class DataError(FtmagicError, ValueError):
     """Training or eval data cannot be read or breaks a rule.
 
-    ``source`` is the file (or URL), ``line`` the 1-based line or row, ``field`` the JSON path of the
-    offending value (``messages[2].role``), ``rule`` the broken rule and ``fix`` the advice.
+    ``source`` is the file (or URL), ``line`` the 1-based line or row, ``field`` the JSON path of
+    the offending value (``messages[2].role``), ``rule`` the broken rule and ``fix`` the advice.
     """
 
     def __init__(
