@@ -390,19 +390,24 @@ def write_jsonl(path: Path, records: list[dict[str, object]]) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def main() -> None:
+def build(out: Path) -> None:
+    """Write every bundled dataset under ``out`` (the package's resources folder by default)."""
     rng = random.Random(SEED)
     for split, records in make_ner(rng).items():
-        write_jsonl(OUT / "ner" / f"{split}.jsonl", records)
+        write_jsonl(out / "ner" / f"{split}.jsonl", records)
     for split, records in make_chat(rng).items():
-        write_jsonl(OUT / "chat" / f"{split}.jsonl", records)
+        write_jsonl(out / "chat" / f"{split}.jsonl", records)
     for split, count in PRETRAIN_FILES.items():
-        folder = OUT / "pretrain" / split
+        folder = out / "pretrain" / split
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("*.txt"):
             old.unlink()
         for i in range(count):
             (folder / f"notes_{i:02d}.txt").write_text(field_notes(rng, 12), encoding="utf-8")
+
+
+def main() -> None:
+    build(OUT)
 
 
 if __name__ == "__main__":
