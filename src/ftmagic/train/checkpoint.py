@@ -1,0 +1,165 @@
+"""Local checkpoints: what a run needs to continue exactly where it stopped.
+
+A checkpoint folder holds:
+
+- ``model/``: the weights as safetensors with their config and the tokenizer (the adapter alone,
+  ``adapter_model.safetensors`` + ``adapter_config.json``, for LoRA), so the folder is also a
+  loadable model for ``custom_weights_path`` and ``Run.generate``;
+- ``optimizer.pt``, ``scheduler.pt`` and ``rng.pt``: their state dicts (tensors and plain
+  values only, read back with ``torch.load(weights_only=True)``);
+- ``trainer_state.json``: the data position (step, epoch, tokens, order seed) and the recent losses;
+- ``config.yaml``: the run's config.
+
+The weights are a full (unsharded) state dict gathered on rank 0 and the data position is global,
+so a run can resume with a different number of processes. A folder is written under a temporary
+name and renamed when complete: a half-written checkpoint is never mistaken for a whole one. The
+MLflow commit (``store.commit_checkpoint``) is a second, separate step done by the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftmagic.errors import RunError
+
+MODEL_DIR = "model"
+STATE_FILE = "trainer_state.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainState:
+    """Where training is: enough, with the data plan, to rebuild the next batch exactly."""
+
+    step: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    order_seed: int = 0
+    data_fingerprint: str = ""
+    recent_losses: list[float] = field(default_factory=list)
+    last_loss: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class CheckpointContents:
+    """Everything a checkpoint stores, gathered on rank 0 before writing."""
+
+    model: Any
+    tokenizer: Any
+    model_state: dict[str, Any] | None
+    optimizer_state: dict[str, Any]
+    scheduler_state: dict[str, Any]
+    rng_state: dict[str, Any]
+    state: TrainState
+    config_yaml: str
+
+
+def checkpoint_root() -> Path:
+    """Where local checkpoints are written: ``$FTMAGIC_CHECKPOINT_DIR`` or the ftmagic cache."""
+    from ftmagic.tiny import cache_dir
+
+    configured = os.environ.get("FTMAGIC_CHECKPOINT_DIR")
+    return Path(configured) if configured else cache_dir() / "checkpoints"
+
+
+def local_checkpoint_dir(run_id: str, step: int) -> Path:
+    return checkpoint_root() / run_id / f"step-{step:07d}"
+
+
+def write_checkpoint(folder: Path, contents: CheckpointContents) -> Path:
+    """Write ``contents`` into ``folder`` atomically (temporary name, then rename).
+
+    Raises ``RunError`` naming the folder when it cannot be written; the folders of earlier
+    checkpoints are left as they are.
+    """
+    import torch
+
+    partial = folder.with_name(folder.name + ".partial")
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / MODEL_DIR).mkdir(parents=True)
+        contents.model.save_pretrained(partial / MODEL_DIR, state_dict=contents.model_state)
+        contents.tokenizer.save_pretrained(partial / MODEL_DIR)
+        torch.save(contents.optimizer_state, partial / "optimizer.pt")
+        torch.save(contents.scheduler_state, partial / "scheduler.pt")
+        torch.save(contents.rng_state, partial / "rng.pt")
+        (partial / STATE_FILE).write_text(json.dumps(contents.state.to_dict(), indent=1))
+        (partial / "config.yaml").write_text(contents.config_yaml)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.rename(partial, folder)
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise RunError(
+            f"cannot write checkpoint folder {folder}: {err.strerror or err}. Fix: make it "
+            "writable or set FTMAGIC_CHECKPOINT_DIR to a folder with space; earlier checkpoints "
+            "are intact"
+        ) from None
+    return folder
+
+
+def read_state(folder: Path) -> TrainState:
+    """The data position stored in checkpoint ``folder``."""
+    path = Path(folder) / STATE_FILE
+    try:
+        return TrainState.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError) as err:
+        raise RunError(f"checkpoint {folder} has no readable {STATE_FILE}: {err}") from None
+
+
+def read_torch(folder: Path, name: str) -> Any:
+    """Read a state dict saved by ``write_checkpoint`` (tensors and plain values only)."""
+    import torch
+
+    return torch.load(Path(folder) / name, map_location="cpu", weights_only=True)
+
+
+def model_folder(path: Path) -> Path:
+    """The loadable model inside a checkpoint or registered-model folder (or ``path`` itself)."""
+    path = Path(path)
+    for candidate in (path / MODEL_DIR, path / "model" / "model", path):
+        if (candidate / "config.json").exists() or (candidate / "adapter_config.json").exists():
+            return candidate
+    raise RunError(
+        f"{path} holds no model: expected config.json (full weights) or adapter_config.json "
+        "(LoRA) in it or in its model/ folder. Fix: point custom_weights_path at a checkpoint "
+        "folder, runs:/RUN_ID or models:/name/version"
+    )
+
+
+def capture_rng() -> dict[str, Any]:
+    """The random states that training consumes (python, torch CPU, every CUDA device)."""
+    import torch
+
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda_states)

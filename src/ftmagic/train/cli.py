@@ -1,0 +1,178 @@
+"""``ftmagic train`` and ``ftmagic demo``: headless training in this process, with a progress bar
+and a closing summary that says where everything is.
+
+``ftmagic.cli`` parses the arguments and calls these; they print (the core only logs). Exit codes:
+0 when the run completed or was stopped on request, 1 when it failed, 2 for wrong arguments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ftmagic.config import RunConfig
+
+DEMO_MODEL_NAME = "ftmagic.demo.ner_tiny"
+DEMO_PROMPTS = [
+    "Extract the drug names from the sentence. Answer with a JSON list of strings, like "
+    '["name"], or [] if there are none.\n\nThe nurse gave the patient coplatin after lunch.',
+]
+
+
+def train_command(config: RunConfig, *, run_id: str | None = None, resume: bool = False) -> int:
+    """Train ``config`` here and now (creating its MLflow run unless ``run_id`` names one) and
+    print a summary. Ctrl-C or SIGTERM stops after the current step with a final checkpoint."""
+    from ftmagic.tracking import store
+    from ftmagic.train.trainer import train
+
+    if resume and run_id is None:
+        print(
+            "ftmagic train: --resume needs --run-id RUN_ID (the run to continue)", file=sys.stderr
+        )
+        return 2
+    if run_id is None and _world_size() > 1:
+        print("ftmagic train: several processes need --run-id (one run for all)", file=sys.stderr)
+        return 2
+    is_main = os.environ.get("RANK", "0") == "0"
+    if run_id is None:
+        run_id = store.create_run(config, backend="local")
+    stop = threading.Event()
+    with _stop_on_signals(stop), ProgressBar(enabled=is_main) as bar:
+        result = train(config, run_id, stop_event=stop, resume=resume, progress=bar.update)
+    if is_main:
+        print(summary(result))
+    return 1 if result.status == "FAILED" else 0
+
+
+def _world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+class ProgressBar:
+    """A tqdm bar fed by the trainer's progress hook (steps, loss, tokens/s)."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def update(self, report: Any) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=report.total_steps, initial=report.step - 1, unit="step")
+        self._bar.n = report.step
+        self._bar.set_postfix(loss=f"{report.loss:.4f}", tok_s=f"{report.tokens_per_s:,.0f}")
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """First Ctrl-C/SIGTERM: stop gracefully (checkpoint, STOPPED). Second Ctrl-C: interrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("\nstopping after this step (again to interrupt)...", file=sys.stderr)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def summary(result: Any) -> str:
+    """What happened and where to look, for a person at a terminal."""
+    import mlflow
+
+    lines = [
+        f"run {result.run_id}: {result.status}" + (f" ({result.reason})" if result.reason else "")
+    ]
+    lines.append(f"  steps        {result.steps} of {result.total_steps}, {result.tokens:,} tokens")
+    if result.final_loss is not None:
+        lines.append(f"  final loss   {result.final_loss:.4f}")
+    if result.eval_loss is not None:
+        lines.append(f"  eval loss    {result.eval_loss:.4f}")
+    lines.append(f"  speed        {result.tokens_per_s:,.0f} tokens/s")
+    tracking_uri = mlflow.get_tracking_uri()
+    try:
+        artifact_uri = mlflow.MlflowClient().get_run(result.run_id).info.artifact_uri
+        lines.append(f"  checkpoints  {artifact_uri}/checkpoints")
+    except Exception:
+        lines.append(f"  checkpoints  in run {result.run_id} at {tracking_uri}")
+    if result.registered_model:
+        lines.append(f"  registered   {result.registered_model}")
+    lines.append(f"look:  mlflow ui --backend-store-uri {tracking_uri}")
+    if result.registered_model:
+        lines.append(
+            f"serve: MLFLOW_TRACKING_URI={tracking_uri} mlflow models serve "
+            f"-m {result.registered_model} --env-manager local --host 127.0.0.1"
+        )
+    if result.status == "STOPPED" or result.status == "FAILED":
+        lines.append(f"resume: ftmagic train CONFIG.yaml --run-id {result.run_id} --resume")
+    return "\n".join(lines)
+
+
+def demo_data() -> tuple[Path, Path]:
+    """The bundled drug-name extraction chats (train, eval)."""
+    folder = Path(str(resources.files("ftmagic.resources") / "ner"))
+    return folder / "train.jsonl", folder / "eval.jsonl"
+
+
+def demo_config() -> RunConfig:
+    """Train the tiny chat model on the bundled NER chats: about a minute on 2 CPUs."""
+    train_path, eval_path = demo_data()
+    return RunConfig(
+        model="ftmagic/tiny-chat",
+        train_data_path=str(train_path),
+        eval_data_path=str(eval_path),
+        eval_prompts=list(DEMO_PROMPTS),
+        register_to=DEMO_MODEL_NAME,
+        training_duration="40ba",
+        checkpoint_interval="20ba",
+        tokens_per_batch=2048,
+        micro_batch_tokens=2048,
+        learning_rate=2e-3,
+        warmup_steps=4,
+        max_new_tokens=24,
+        experiment_path="ftmagic-demo",
+    )
+
+
+def demo_command() -> int:
+    """Train the demo run, register it as ``ftmagic.demo.ner_tiny`` and say where to look."""
+    config = demo_config()
+    print(
+        f"ftmagic demo: fine-tuning {config.model} on {Path(config.train_data_path).name} "
+        f"(drug-name extraction chats) for {config.training_duration}..."
+    )
+    code = train_command(config)
+    if code == 0:
+        print(
+            "try it: ftmagic.get(RUN_ID).generate('...'), or open notebooks/ in `make lab` "
+            "to watch a run live"
+        )
+    return code
