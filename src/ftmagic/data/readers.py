@@ -439,7 +439,7 @@ def _iter_csv(handle: IO[bytes], source: str, errors: list[DataError] | None) ->
 def _decode_json_column(record: Record, errors: list[DataError] | None) -> Record | None:
     """CSV cells are text: a ``messages`` column holds the conversation as JSON."""
     value = record.data.get("messages")
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not value.strip():
         return record
     try:
         messages = json.loads(value)

@@ -1,0 +1,693 @@
+"""Validate a run before it starts: data rules, token counts, truncation, steps, time, advice.
+
+``validate(config)`` never raises for bad data or a bad model name: every problem becomes an error
+in the ``ValidationReport``, with its file, line and field. The data is streamed once; token counts
+come from batched tokenization (``TokenCounter``), so a large file costs about the time of
+tokenizing it and the memory of one batch.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import re
+import warnings
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, NamedTuple
+
+from ftmagic.config import MAX_TOTAL_TOKENS, DatasetStats, RunConfig
+from ftmagic.data.readers import (
+    Record,
+    iter_records,
+    iter_text_files,
+    looks_like_record_source,
+)
+from ftmagic.data.rules import CHAT, PRETRAIN, check_record, detect_task, task_mismatch
+from ftmagic.errors import DataError, FtmagicError, ValidationFailed
+
+logger = logging.getLogger(__name__)
+
+BATCH = 512
+MIN_PRETRAIN_TOKENS = 1_500_000
+EPOCH_RANGE = (1.0, 4.0)
+# Rough sustained training throughput in FLOP/s, for the time estimate only. The CPU figure was
+# measured on a 2-core machine with a tiny model (PERF-NOTES); the GPU one assumes ~35% of an
+# H100's bf16 peak. Real speed varies by 10x with model shape, sequence length and hardware.
+CPU_FLOPS = 5e10
+GPU_FLOPS = 3.5e14
+
+
+@dataclass
+class Histogram:
+    """Example lengths in tokens: ``counts[i]`` examples fall in ``[edges[i], edges[i + 1])``."""
+
+    edges: list[int] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, lengths: array, bins: int = 16) -> Histogram:
+        if not lengths:
+            return cls()
+        low, high = min(lengths), max(lengths) + 1
+        step = max(1, math.ceil((high - low) / bins))
+        counts = [0] * math.ceil((high - low) / step)
+        for length in lengths:
+            counts[(length - low) // step] += 1
+        return cls([low + i * step for i in range(len(counts) + 1)], counts)
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"edges": self.edges, "counts": self.counts}
+
+
+class ErrorLog(list[DataError]):
+    """A list that keeps the first ``limit`` errors and counts them all (readers append to it)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.total = 0
+
+    def append(self, error: DataError) -> None:
+        self.total += 1
+        if len(self) < self.limit:
+            super().append(error)
+
+
+@dataclass
+class DataTally:
+    """What one pass over a data source found."""
+
+    num_examples: int = 0
+    total_tokens: int = 0
+    trained_tokens: int = 0
+    num_truncated: int = 0
+    lengths: array = field(default_factory=lambda: array("I"))
+
+    def add(self, length: int, trained: int, context_length: int | None) -> None:
+        self.num_examples += 1
+        self.lengths.append(length)
+        kept = length if context_length is None else min(length, context_length)
+        self.total_tokens += kept
+        self.trained_tokens += trained
+        if context_length is not None and length > context_length:
+            self.num_truncated += 1
+
+
+@dataclass
+class ValidationReport:
+    """The outcome of ``validate``: errors (first ``max_errors`` of ``num_errors``), warnings and
+    the numbers that size the run. Token counts are after truncation to ``context_length``."""
+
+    model: str
+    task_type: str
+    train_data_path: str
+    errors: list[DataError]
+    num_errors: int
+    warnings: list[str]
+    recommendations: list[str]
+    num_examples: int = 0
+    total_tokens: int = 0
+    trained_tokens: int = 0
+    num_truncated: int = 0
+    context_length: int | None = None
+    length_histogram: Histogram = field(default_factory=Histogram)
+    estimated_steps: int | None = None
+    estimated_seconds: float | None = None
+    eval_data_path: str | None = None
+    eval_num_examples: int = 0
+    eval_tokens: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.num_errors == 0
+
+    def stats(self) -> DatasetStats:
+        return DatasetStats(self.num_examples, self.total_tokens, self.trained_tokens)
+
+    def raise_if_failed(self) -> None:
+        """Raise ``ValidationFailed`` (listing the first errors) unless the report is ok."""
+        if self.ok:
+            return
+        shown = self.errors[:5]
+        lines = [f"validation found {self.num_errors} error(s):"]
+        lines += [f"  {e}" for e in shown]
+        if self.num_errors > len(shown):
+            lines.append(f"  ... and {self.num_errors - len(shown)} more")
+        raise ValidationFailed(self, "\n".join(lines))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "model": self.model,
+            "task_type": self.task_type,
+            "train_data_path": self.train_data_path,
+            "num_errors": self.num_errors,
+            "errors": [e.to_dict() for e in self.errors],
+            "warnings": list(self.warnings),
+            "recommendations": list(self.recommendations),
+            "num_examples": self.num_examples,
+            "total_tokens": self.total_tokens,
+            "trained_tokens": self.trained_tokens,
+            "num_truncated": self.num_truncated,
+            "context_length": self.context_length,
+            "length_histogram": self.length_histogram.to_dict(),
+            "estimated_steps": self.estimated_steps,
+            "estimated_seconds": self.estimated_seconds,
+            "eval_data_path": self.eval_data_path,
+            "eval_num_examples": self.eval_num_examples,
+            "eval_tokens": self.eval_tokens,
+        }
+
+    def summary_lines(self) -> list[str]:
+        verdict = "OK" if self.ok else f"{self.num_errors} error(s)"
+        lines = [
+            f"Validation of {self.train_data_path or '<no train_data_path>'} "
+            f"({self.task_type}, model {self.model or '<none>'}): {verdict}",
+            f"Examples: {self.num_examples:,}   tokens: {self.total_tokens:,} "
+            f"(trained: {self.trained_tokens:,})",
+            f"Context length: {_maybe(self.context_length)}   truncated examples: "
+            f"{self.num_truncated:,}",
+        ]
+        if self.eval_data_path:
+            lines.append(
+                f"Eval data {self.eval_data_path}: {self.eval_num_examples:,} examples, "
+                f"{self.eval_tokens:,} tokens"
+            )
+        if self.estimated_steps is not None:
+            lines.append(
+                f"Estimated: {self.estimated_steps:,} optimizer steps, "
+                f"{_duration_text(self.estimated_seconds)} (rough)"
+            )
+        return lines
+
+    def __str__(self) -> str:
+        lines = self.summary_lines()
+        if self.length_histogram.counts:
+            lines.append("Example lengths (tokens):")
+            lines += _text_histogram(self.length_histogram)
+        if self.errors:
+            lines.append(f"Errors (showing {len(self.errors)} of {self.num_errors}):")
+            lines += [f"  {e}" for e in self.errors]
+        if self.warnings:
+            lines.append("Warnings:")
+            lines += [f"  - {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        colour = "#1a7f37" if self.ok else "#cf222e"
+        parts = [
+            "<div class='ftmagic-validation' style='font-family:sans-serif;font-size:13px'>",
+            f"<div style='font-weight:bold;color:{colour}'>{esc(self.summary_lines()[0])}</div>",
+            "<div>" + "<br>".join(esc(line) for line in self.summary_lines()[1:]) + "</div>",
+        ]
+        if self.length_histogram.counts:
+            parts.append(_html_histogram(self.length_histogram, self.context_length))
+        if self.errors:
+            parts.append(_html_errors(self.errors, self.num_errors))
+        if self.warnings:
+            items = "".join(f"<li>{esc(w)}</li>" for w in self.warnings)
+            parts.append(f"<div style='color:#9a6700'>Warnings:<ul>{items}</ul></div>")
+        parts.append("</div>")
+        return "".join(parts)
+
+
+# --- validate -----------------------------------------------------------------------------------
+def validate(config: RunConfig, *, max_errors: int = 20) -> ValidationReport:
+    """Check ``config``'s model and data against the task's rules and size the run."""
+    errors = ErrorLog(max_errors)
+    notes: list[str] = []
+    advice: list[str] = []
+    entry, tokenizer = _load_model(config, errors, notes, advice)
+    context_length = config.context_length or (entry.context_length if entry else None)
+    if not config.train_data_path:
+        errors.append(
+            DataError(
+                "no training data is set",
+                source="config",
+                field="train_data_path",
+                fix="set train_data_path to a JSONL/Parquet/CSV file, a Delta table or a folder",
+            )
+        )
+    counter = TokenCounter(tokenizer, config.task_type) if tokenizer else None
+    train = scan(config.train_data_path, config.task_type, counter, context_length, errors)
+    held_out = DataTally()
+    if config.eval_data_path:
+        held_out = scan(config.eval_data_path, config.task_type, counter, context_length, errors)
+    report = ValidationReport(
+        model=config.model,
+        task_type=config.task_type,
+        train_data_path=config.train_data_path,
+        errors=errors,
+        num_errors=0,
+        warnings=notes,
+        recommendations=advice,
+        num_examples=train.num_examples,
+        total_tokens=train.total_tokens,
+        trained_tokens=train.trained_tokens,
+        num_truncated=train.num_truncated,
+        context_length=context_length,
+        length_histogram=Histogram.of(train.lengths),
+        eval_data_path=config.eval_data_path,
+        eval_num_examples=held_out.num_examples,
+        eval_tokens=held_out.total_tokens,
+    )
+    if counter is not None and train.num_examples:
+        _size_run(report, config, entry, errors)
+    _advise(report, config, counter is not None)
+    report.errors = list(errors)
+    report.num_errors = errors.total
+    return report
+
+
+def scan(
+    path: str,
+    task_type: str,
+    counter: TokenCounter | None,
+    context_length: int | None,
+    errors: ErrorLog,
+) -> DataTally:
+    """Read ``path`` once: rule errors into ``errors``, token counts of the good examples."""
+    tally = DataTally()
+    if not path:
+        return tally
+    try:
+        if task_type == PRETRAIN:
+            _scan_texts(path, counter, context_length, errors, tally)
+        else:
+            _scan_records(path, task_type, counter, context_length, errors, tally)
+    except DataError as err:
+        errors.append(err)
+    except FtmagicError as err:
+        errors.append(DataError(str(err), source=path))
+    return tally
+
+
+def _scan_records(
+    path: str,
+    task_type: str,
+    counter: TokenCounter | None,
+    context_length: int | None,
+    errors: ErrorLog,
+    tally: DataTally,
+) -> None:
+    for batch in _batches(_matching_records(iter_records(path, errors), task_type, errors)):
+        good = []
+        for record in batch:
+            problems = check_record(record.data, task_type, source=record.source, line=record.line)
+            for problem in problems:
+                errors.append(problem)
+            if not problems:
+                good.append(record)
+        if counter is None:
+            tally.num_examples += len(good)
+            continue
+        for counted in counter.count_records(good, context_length):
+            if isinstance(counted, DataError):
+                errors.append(counted)
+            else:
+                tally.add(counted.length, counted.trained, context_length)
+
+
+def _matching_records(
+    records: Iterator[Record], task_type: str, errors: ErrorLog
+) -> Iterator[Record]:
+    """Skip a whole file whose first record belongs to another task, with one error for it."""
+    checked: dict[str, bool] = {}
+    for record in records:
+        if record.source not in checked:
+            mismatch = task_mismatch(record.data, task_type, source=record.source, line=None)
+            if mismatch is not None:
+                errors.append(mismatch)
+            checked[record.source] = mismatch is None
+        if checked[record.source]:
+            yield record
+
+
+def _scan_texts(
+    path: str,
+    counter: TokenCounter | None,
+    context_length: int | None,
+    errors: ErrorLog,
+    tally: DataTally,
+) -> None:
+    if looks_like_record_source(path):
+        first = next(iter_records(path, ErrorLog(0)), None)
+        found = detect_task(first.data) if first else None
+        errors.append(
+            DataError(
+                "continued pretraining reads a folder of .txt files, not records",
+                source=path,
+                fix=f"set task_type: {found}"
+                if found
+                else "point train_data_path at a folder of .txt files",
+            )
+        )
+        return
+    for batch in _batches(iter_text_files(path, errors)):
+        if counter is None:
+            tally.num_examples += len(batch)
+            continue
+        for length in counter.count_texts([text for _, text in batch]):
+            tally.add(length, min(length, context_length or length), context_length)
+
+
+# --- token counting -----------------------------------------------------------------------------
+class Counted(NamedTuple):
+    """One example's full length in tokens, and its trained tokens within the context length."""
+
+    length: int
+    trained: int
+
+
+class TokenCounter:
+    """Counts tokens the way ``render`` builds examples, but a batch at a time.
+
+    ``render`` tokenizes one example (for the exact loss mask); counting a large file that way is
+    slow. Here each example is cut into text segments (the chat template's text around the
+    assistant turns, or prompt and response), and all segments of a batch are tokenized in one
+    call to the fast tokenizer, which runs in Rust on every core. The first examples are also
+    rendered with ``render``; if the two ever disagree, counting falls back to ``render``.
+    """
+
+    CHECKED = 16
+
+    def __init__(self, tokenizer: Any, task_type: str) -> None:
+        self.tokenizer = tokenizer
+        self.task_type = task_type
+        self.exact = False
+        self.checked = 0
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._encode_batch = getattr(backend, "encode_batch_fast", None)
+        self._turn_end = _turn_end(tokenizer) if task_type == CHAT else ""
+        self._bos = _leading_specials(tokenizer)
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Token counts of ``texts`` (no special tokens added), in one batched call."""
+        if not texts:
+            return []
+        if self._encode_batch is not None:
+            return [len(e) for e in self._encode_batch(texts, add_special_tokens=False)]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(i) for i in ids]
+
+    def count_texts(self, texts: list[str]) -> list[int]:
+        """Continued pretraining: each document's tokens plus the EOS that separates it."""
+        return [n + 1 for n in self.lengths(texts)]
+
+    def count_records(
+        self, records: list[Record], context_length: int | None
+    ) -> list[Counted | DataError]:
+        if self.exact:
+            return [self._render_count(r, context_length) for r in records]
+        plans = [self._segments(r) for r in records]
+        texts = [t for p in plans if not isinstance(p, DataError) for t, _ in p]
+        lengths = iter(self.lengths(texts))
+        counts: list[Counted | DataError] = []
+        for plan in plans:
+            if isinstance(plan, DataError):
+                counts.append(plan)
+                continue
+            counts.append(
+                _tally_segments([(next(lengths), trained) for _, trained in plan], context_length)
+            )
+        if self.checked < self.CHECKED:
+            counts = self._check_against_render(records, counts, context_length)
+        return counts
+
+    def _check_against_render(
+        self, records: list[Record], counts: list[Counted | DataError], context_length: int | None
+    ) -> list[Counted | DataError]:
+        for record, fast in zip(records[: self.CHECKED - self.checked], counts, strict=False):
+            self.checked += 1
+            exact = self._render_count(record, context_length)
+            if isinstance(fast, Counted) and exact != fast:
+                logger.info(
+                    "batched token counts differ from render at %s:%s (%s vs %s); counting "
+                    "every example with render",
+                    record.source,
+                    record.line,
+                    fast,
+                    exact,
+                )
+                self.exact = True
+                return [self._render_count(r, context_length) for r in records]
+        return counts
+
+    def _render_count(self, record: Record, context_length: int | None) -> Counted | DataError:
+        from ftmagic.data.render import render
+
+        try:
+            example = render(
+                self.tokenizer, record.data, self.task_type, source=record.source, line=record.line
+            )
+        except DataError as err:
+            return err
+        trained = example.trained if context_length is None else example.trained[:context_length]
+        return Counted(len(example.input_ids), int(sum(trained)))
+
+    def _segments(self, record: Record) -> list[tuple[str, bool]] | DataError:
+        """``(text, trained)`` pieces whose tokens add up to the rendered example."""
+        data = record.data
+        if self.task_type != CHAT:
+            answer = data["response"] if "response" in data else data["completion"]
+            eos = self.tokenizer.eos_token or ""
+            return [(self._bos + data["prompt"], False), (answer + eos, True)]
+        try:
+            text = self.tokenizer.apply_chat_template(data["messages"], tokenize=False)
+        except Exception as err:  # jinja2 raises TemplateError and its own exceptions
+            return DataError(
+                f"the model's chat template rejects this conversation: {err}",
+                source=record.source,
+                line=record.line,
+                field="messages",
+                fix="make the conversation fit the model's template, or pick another model",
+            )
+        return _split_turns(text, data["messages"], self._turn_end)
+
+
+def _split_turns(
+    text: str, messages: list[dict[str, Any]], turn_end: str
+) -> list[tuple[str, bool]]:
+    """Cut the rendered conversation at the assistant turns (content plus end-of-turn marker)."""
+    pieces: list[tuple[str, bool]] = []
+    cursor = 0
+    for message in messages:
+        content = message["content"]
+        start = text.find(content, cursor) if content else -1
+        if start < 0 and content.strip():
+            content = content.strip()
+            start = text.find(content, cursor)
+        if start < 0:
+            continue
+        end = start + len(content)
+        if message["role"] == "assistant":
+            if turn_end and text.startswith(turn_end, end):
+                end += len(turn_end)
+            pieces.append((text[cursor:start], False))
+            pieces.append((text[start:end], True))
+            cursor = end
+    pieces.append((text[cursor:], False))
+    return [(t, trained) for t, trained in pieces if t]
+
+
+def _tally_segments(pieces: list[tuple[int, bool]], context_length: int | None) -> Counted:
+    position = trained = 0
+    limit = context_length or position + sum(length for length, _ in pieces)
+    for length, is_trained in pieces:
+        if is_trained:
+            trained += max(0, min(position + length, limit) - min(position, limit))
+        position += length
+    return Counted(position, int(trained))
+
+
+def _turn_end(tokenizer: Any) -> str:
+    """The special token the template puts right after an assistant message (``<|eot_id|>``,
+    ``<|im_end|>``): it is trained, so the model learns to stop."""
+    probe = "Ftmagic probe answer"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}],
+            tokenize=False,
+        )
+    except Exception:  # no template, or one that needs more; counting falls back to render
+        return ""
+    after = text[text.find(probe) + len(probe) :]
+    specials = sorted(set(tokenizer.get_added_vocab()) | {tokenizer.eos_token or ""}, key=len)
+    for size in range(1, len(after) + 1):
+        if any(after[:size].endswith(s) for s in specials if s):
+            return after[:size]
+    return ""
+
+
+def _leading_specials(tokenizer: Any) -> str:
+    """The text of what the tokenizer puts first by itself (the BOS of Llama-style tokenizers)."""
+    ids = tokenizer("")["input_ids"]
+    return "".join(tokenizer.convert_ids_to_tokens(ids)) if ids else ""
+
+
+# --- model, run size and advice ---------------------------------------------------------------
+def _load_model(
+    config: RunConfig, errors: ErrorLog, notes: list[str], advice: list[str]
+) -> tuple[Any, Any]:
+    from ftmagic import catalog
+
+    if not config.model:
+        errors.append(
+            DataError(
+                "no model is set",
+                source="config",
+                field="model",
+                fix="set model to a name from ftmagic.get_models(), e.g. ftmagic/tiny-chat",
+            )
+        )
+        return None, None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", catalog.RetiredModelWarning)
+            entry = catalog.resolve_model(config.model)
+        for warning in caught:
+            if issubclass(warning.category, catalog.RetiredModelWarning):
+                advice.append(str(warning.message))
+        if entry.kind == "unlisted":
+            notes.append(entry.note)
+        return entry, catalog.load_tokenizer(config.model)
+    except FtmagicError as err:
+        errors.append(DataError(str(err), source="config", field="model"))
+        return None, None
+
+
+def _size_run(report: ValidationReport, config: RunConfig, entry: Any, errors: ErrorLog) -> None:
+    stats = report.stats()
+    report.estimated_steps = config.total_steps(stats)
+    run_tokens = config.total_tokens(stats)
+    if run_tokens > MAX_TOTAL_TOKENS:
+        errors.append(
+            DataError(
+                f"the run would train on {run_tokens:,} tokens, over the limit of "
+                f"{MAX_TOTAL_TOKENS:,}",
+                source="config",
+                field="training_duration",
+                fix="train for fewer epochs or on less data",
+            )
+        )
+    params = _parse_params(getattr(entry, "params", "?"))
+    if params:
+        report.estimated_seconds = 6 * params * run_tokens / _flops(config)
+
+
+def _advise(report: ValidationReport, config: RunConfig, counted: bool) -> None:
+    advice = report.recommendations
+    if counted and report.num_examples:
+        tokens, ctx = report.total_tokens, report.context_length
+        if config.task_type != PRETRAIN and ctx and tokens < ctx:
+            advice.append(
+                f"The data has {tokens:,} tokens, less than one context length ({ctx:,}): "
+                "chat and instruction data should hold at least a full context length of tokens. "
+                "Add examples."
+            )
+        if config.task_type == PRETRAIN and tokens < MIN_PRETRAIN_TOKENS:
+            advice.append(
+                f"Continued pretraining on {tokens:,} tokens is little: about 1.5M tokens or "
+                "more are needed for a good result."
+            )
+        epochs = config.total_tokens(report.stats()) / max(1, tokens)
+        low, high = EPOCH_RANGE
+        if not low <= epochs <= high:
+            advice.append(
+                f"training_duration {config.training_duration} is {epochs:.2g} epochs: "
+                f"{low:g} to {high:g} epochs work best."
+            )
+    report.warnings[:0] = advice
+    if report.num_truncated:
+        share = report.num_truncated / max(1, report.num_examples)
+        report.warnings.append(
+            f"{report.num_truncated:,} example(s) ({share:.1%}) are longer than the context "
+            f"length {report.context_length:,} and will be truncated."
+        )
+    if report.eval_data_path and report.ok and counted and not report.eval_num_examples:
+        report.warnings.append(f"The eval data {report.eval_data_path} has no usable examples.")
+
+
+def _parse_params(text: str) -> float | None:
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMB])\s*", text or "", re.IGNORECASE)
+    if not match:
+        return None
+    return float(match.group(1)) * {"K": 1e3, "M": 1e6, "B": 1e9}[match.group(2).upper()]
+
+
+def _flops(config: RunConfig) -> float:
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except ImportError:
+        gpus = 0
+    if not gpus:
+        return CPU_FLOPS
+    workers = config.num_processes if config.backend in ("torchrun", "ray") else 1
+    return GPU_FLOPS * min(workers, gpus) if config.backend != "ray" else GPU_FLOPS * workers
+
+
+# --- text and HTML helpers ----------------------------------------------------------------------
+def _batches(items: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _maybe(value: int | None) -> str:
+    return "unknown" if value is None else f"{value:,}"
+
+
+def _duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "time unknown (model size unknown)"
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"about {round(seconds / 60)} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+def _text_histogram(hist: Histogram, width: int = 40) -> list[str]:
+    top = max(hist.counts) or 1
+    lines = []
+    for i, count in enumerate(hist.counts):
+        bar = "#" * math.ceil(width * count / top) if count else ""
+        lines.append(f"  {hist.edges[i]:>7,}-{hist.edges[i + 1] - 1:<7,} {bar} {count:,}")
+    return lines
+
+
+def _html_histogram(hist: Histogram, context_length: int | None) -> str:
+    top = max(hist.counts) or 1
+    bars = "".join(
+        f"<div title='{hist.edges[i]:,}-{hist.edges[i + 1] - 1:,} tokens: {c:,}' "
+        f"style='display:inline-block;width:10px;margin-right:1px;background:#0969da;"
+        f"height:{max(1, round(48 * c / top)) if c else 0}px'></div>"
+        for i, c in enumerate(hist.counts)
+    )
+    label = f"example lengths {hist.edges[0]:,}-{hist.edges[-1] - 1:,} tokens"
+    if context_length:
+        label += f" (context length {context_length:,})"
+    return (
+        f"<div style='margin:6px 0'><div style='display:flex;align-items:flex-end;height:50px'>"
+        f"{bars}</div><div style='color:#57606a'>{html.escape(label)}</div></div>"
+    )
+
+
+def _html_errors(errors: list[DataError], total: int) -> str:
+    esc = html.escape
+    head = "".join(f"<th style='text-align:left'>{h}</th>" for h in ("where", "rule", "fix"))
+    rows = "".join(
+        f"<tr><td><code>{esc(e.location)}</code></td><td>{esc(e.rule)}"
+        + (f" <code>{esc(repr(e.value)[:80])}</code>" if e.value is not None else "")
+        + f"</td><td>{esc(e.fix or '')}</td></tr>"
+        for e in errors
+    )
+    caption = f"Errors (showing {len(errors)} of {total})"
+    return f"<div style='color:#cf222e'>{caption}</div><table>{head}{rows}</table>"
