@@ -1,0 +1,118 @@
+"""One form row per ``RunConfig`` field: a widget chosen from the field's type, and an error line.
+
+The widget kind comes from the dataclass annotation (``bool`` -> Checkbox, ``int`` -> IntText,
+``float`` -> FloatText, ``list[str]`` -> Textarea, one item a line, ``X | None`` -> Text where empty
+means the default) or from the field's fixed choices (Dropdown). The help text is the tooltip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ipywidgets as widgets
+
+from ftmagic.config import BACKENDS, METHODS, PRECISIONS, SCHEDULES, TASK_TYPES, RunConfig
+from ftmagic.errors import ConfigError
+from ftmagic.ui.errors import message_html
+
+CHOICES = {
+    "task_type": TASK_TYPES,
+    "method": METHODS,
+    "precision": PRECISIONS,
+    "lr_schedule": SCHEDULES,
+    "backend": BACKENDS,
+}
+_STYLE = {"description_width": "150px"}
+_LAYOUT = {"width": "460px"}
+
+
+class FieldRow(widgets.HBox):
+    """The input widget for one config field, with its error shown to the right."""
+
+    def __init__(self, field: dataclasses.Field[Any], options: list[Any] | None = None) -> None:
+        self.name = field.name
+        self.kind = field_kind(field)
+        self.widget = _make_widget(self.kind, field.name, options)
+        self.widget.tooltip = field.metadata["help"]
+        self.error = widgets.HTML()
+        super().__init__([self.widget, self.error])
+
+    def get(self) -> Any:
+        """The field value, parsed; raises ``ConfigError`` for text that is not a number."""
+        value = self.widget.value
+        if self.kind == "list":
+            return [line.strip() for line in value.splitlines() if line.strip()]
+        if self.kind.startswith("optional"):
+            return _parse_optional(self.name, self.kind, value)
+        return value
+
+    def set(self, value: Any) -> None:
+        if self.kind == "list":
+            self.widget.value = "\n".join(value)
+        elif self.kind.startswith("optional"):
+            self.widget.value = "" if value is None else str(value)
+        elif self.kind == "choice" and value not in _option_values(self.widget.options):
+            self.widget.options = [*self.widget.options, (f"{value} (unlisted)", value)]
+            self.widget.value = value
+        else:
+            self.widget.value = value
+
+    def show_error(self, message: str) -> None:
+        self.error.value = message_html(message)
+
+    def clear_error(self) -> None:
+        self.error.value = ""
+
+
+def field_kind(field: dataclasses.Field[Any]) -> str:
+    """``choice``, ``bool``, ``int``, ``float``, ``list``, ``text`` or ``optional-<type>``."""
+    annotation = str(field.type).replace(" ", "")
+    if field.name in CHOICES or field.name == "model":
+        return "choice"
+    if annotation.endswith("|None"):
+        return "optional-" + annotation.removesuffix("|None")
+    if annotation.startswith("list"):
+        return "list"
+    return {"bool": "bool", "int": "int", "float": "float"}.get(annotation, "text")
+
+
+def config_fields() -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _make_widget(kind: str, name: str, options: list[Any] | None) -> widgets.Widget:
+    common: dict[str, Any] = {"description": name, "style": _STYLE, "layout": _LAYOUT}
+    if kind == "choice":
+        return widgets.Dropdown(options=options or list(CHOICES.get(name, ())), **common)
+    if kind == "bool":
+        return widgets.Checkbox(indent=True, **common)
+    if kind == "int":
+        return widgets.IntText(**common)
+    if kind == "float":
+        return widgets.FloatText(**common)
+    if kind == "list":
+        return widgets.Textarea(placeholder="one per line", rows=2, **common)
+    placeholder = "empty: the default" if kind.startswith("optional") else ""
+    return widgets.Text(placeholder=placeholder, continuous_update=False, **common)
+
+
+def _parse_optional(name: str, kind: str, text: str) -> Any:
+    text = text.strip()
+    if not text:
+        return None
+    if kind == "optional-int":
+        try:
+            return int(text.replace("_", ""))
+        except ValueError:
+            raise ConfigError(name, "must be a whole number", value=text) from None
+    if kind == "optional-float":
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(name, "must be a number", value=text) from None
+    return text
+
+
+def _option_values(options: Any) -> list[Any]:
+    return [o[1] if isinstance(o, tuple) else o for o in options]

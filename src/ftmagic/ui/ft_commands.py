@@ -1,0 +1,135 @@
+"""The ``%ft`` subcommands. Each takes the magics object and its argument words."""
+
+from __future__ import annotations
+
+import builtins
+from types import MappingProxyType
+from typing import Any
+
+from IPython.core.magic_arguments import MagicArgumentParser
+
+from ftmagic.errors import RunError
+from ftmagic.ui.html import table_html
+
+RUN_COLUMNS = ("run_id", "name", "status", "model", "task_type", "backend", "registered_model")
+
+
+class RunTable:
+    """The result of ``%ft runs``: ``rows`` (tuples of ``RUN_COLUMNS``), shown as HTML or text."""
+
+    def __init__(self, runs: builtins.list[Any]) -> None:
+        self.columns = RUN_COLUMNS
+        self.rows = [run_row(run) for run in runs]
+
+    def _repr_html_(self) -> str:
+        return table_html(self.columns, self.rows)
+
+    def __repr__(self) -> str:
+        table = [self.columns, *[tuple("" if v is None else str(v) for v in r) for r in self.rows]]
+        widths = [max(len(str(row[i])) for row in table) for i in range(len(self.columns))]
+        return "\n".join(
+            "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+            for row in table
+        )
+
+
+def run_row(run: Any) -> tuple[Any, ...]:
+    from ftmagic.ui.live import status_name
+
+    config = run.config
+    return (
+        run.run_id,
+        run.name,
+        status_name(run.status),
+        config.model,
+        config.task_type,
+        config.backend,
+        run.registered_model,
+    )
+
+
+def resolve_run(magics: Any, ref: str | None) -> Any:
+    """A run from a notebook variable, an id or a name; ``None`` means the last run."""
+    import ftmagic
+
+    if ref is None:
+        if magics.last_run is not None:
+            return magics.last_run
+        runs = ftmagic.list(limit=1)
+        if not runs:
+            raise RunError("there are no runs yet: start one with a %%finetune cell")
+        return runs[0]
+    value = magics.shell.user_ns.get(ref) if magics.shell else None
+    if value is not None and hasattr(value, "run_id"):
+        return value
+    return ftmagic.get(ref)
+
+
+def _parser(name: str) -> MagicArgumentParser:
+    return MagicArgumentParser(prog=f"%ft {name}", add_help=False)
+
+
+def runs(magics: Any, argv: builtins.list[str]) -> RunTable:
+    import ftmagic
+
+    parser = _parser("runs")
+    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--experiment", default=None)
+    args = parser.parse_args(argv)
+    return RunTable(ftmagic.list(experiment_path=args.experiment, limit=args.limit))
+
+
+def status(magics: Any, argv: builtins.list[str]) -> Any:
+    from ftmagic.ui.live import LiveView
+
+    parser = _parser("status")
+    parser.add_argument("run", nargs="?", default=None)
+    args = parser.parse_args(argv)
+    return LiveView(resolve_run(magics, args.run), refresh_interval=magics.refresh_interval)
+
+
+def cancel(magics: Any, argv: builtins.list[str]) -> None:
+    import ftmagic
+
+    parser = _parser("cancel")
+    parser.add_argument("run")
+    run = resolve_run(magics, parser.parse_args(argv).run)
+    ftmagic.cancel(run)
+    print(f"asked run {run.name} ({run.run_id}) to stop; it ends as STOPPED after its step")
+
+
+def models(magics: Any, argv: builtins.list[str]) -> Any:
+    import ftmagic
+
+    parser = _parser("models")
+    parser.add_argument("--current", action="store_true", help="hide retired models")
+    return ftmagic.get_models(include_retired=not parser.parse_args(argv).current)
+
+
+def panel(magics: Any, argv: builtins.list[str]) -> Any:
+    from ftmagic.ui.panel import Panel
+
+    _parser("panel").parse_args(argv)
+    return Panel()
+
+
+def chat(magics: Any, argv: builtins.list[str]) -> Any:
+    from ftmagic.ui.chat import ChatBox
+
+    parser = _parser("chat")
+    parser.add_argument("run", nargs="?", default=None)
+    parser.add_argument("--checkpoint", type=int, default=None)
+    args = parser.parse_args(argv)
+    return ChatBox(resolve_run(magics, args.run), checkpoint=args.checkpoint)
+
+
+COMMANDS = MappingProxyType(
+    {
+        "runs": runs,
+        "status": status,
+        "cancel": cancel,
+        "models": models,
+        "panel": panel,
+        "chat": chat,
+    }
+)

@@ -1,0 +1,134 @@
+"""Small pure functions that turn run data into HTML for the live view, the panel and ``%ft``.
+
+They take plain values (dicts, lists, strings), never widgets, so they are easy to test.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+STATUS_COLORS = {
+    "PENDING": "#757575",
+    "RUNNING": "#1565c0",
+    "COMPLETED": "#2e7d32",
+    "FAILED": "#c62828",
+    "STOPPED": "#ef6c00",
+}
+
+
+def clock(seconds: float | None) -> str:
+    """``h:mm:ss`` (or ``m:ss``) for a duration; an em dash when unknown.
+
+    >>> clock(75), clock(3725), clock(None)
+    ('1:15', '1:02:05', '—')
+    """
+    if seconds is None or seconds < 0:
+        return "—"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def status_badge(status: str, reason: str | None = None) -> str:
+    color = STATUS_COLORS.get(status, "#757575")
+    badge = (
+        f"<span style='background:{color};color:white;border-radius:3px;padding:1px 6px'>"
+        f"{html.escape(status)}</span>"
+    )
+    if reason:
+        badge += f" <span style='color:#555'>{html.escape(reason)}</span>"
+    return badge
+
+
+def progress_html(progress: dict[str, Any], status: str, reason: str | None = None) -> str:
+    """One line: status, step of total, tokens, elapsed and ETA."""
+    step = progress.get("step") or 0
+    total = progress.get("total_steps")
+    tokens = progress.get("tokens") or 0
+    parts = [
+        f"step {step} of {total if total else '?'}",
+        f"{int(tokens):,} tokens",
+        f"elapsed {clock(progress.get('elapsed_s'))}",
+        f"ETA {clock(progress.get('eta_s')) if status == 'RUNNING' else '—'}",
+    ]
+    return f"{status_badge(status, reason)} &nbsp; " + " · ".join(parts)
+
+
+def events_html(events: Sequence[Any], *, last: int = 8) -> str:
+    """The newest ``last`` events, oldest first, as a compact list."""
+    if not events:
+        return "<i style='color:#777'>no events yet</i>"
+    rows = []
+    for event in list(events)[-last:]:
+        step = f" (step {event.step})" if getattr(event, "step", None) is not None else ""
+        rows.append(
+            f"<li><code>{html.escape(str(event.type))}</code>{step}: "
+            f"{html.escape(str(event.message))}</li>"
+        )
+    return "<ul style='margin:2px 0;padding-left:18px'>" + "".join(rows) + "</ul>"
+
+
+def generations_html(generations: Sequence[dict[str, Any]]) -> str:
+    """The eval-prompt generations of the newest checkpoint."""
+    if not generations:
+        return "<i style='color:#777'>no generations yet (they come with each checkpoint)</i>"
+    newest = max(int(g.get("step", 0)) for g in generations)
+    rows = [g for g in generations if int(g.get("step", 0)) == newest]
+    body = "".join(
+        f"<tr><td>{_cell(g.get('prompt'))}</td><td>{_cell(g.get('response'))}</td></tr>"
+        for g in rows
+    )
+    return (
+        f"<b>generations at step {newest}</b>"
+        f"<table><tr><th>prompt</th><th>response</th></tr>{body}</table>"
+    )
+
+
+def generations_by_checkpoint_html(generations: Sequence[dict[str, Any]]) -> str:
+    """A prompt-by-checkpoint grid: one row per eval prompt, one column per checkpoint step."""
+    if not generations:
+        return "<i style='color:#777'>no generations (set eval_prompts to see the model learn)</i>"
+    steps = sorted({int(g.get("step", 0)) for g in generations})
+    prompts = list(dict.fromkeys(str(g.get("prompt")) for g in generations))
+    answer = {(str(g.get("prompt")), int(g.get("step", 0))): g.get("response") for g in generations}
+    head = "<tr><th>prompt</th>" + "".join(f"<th>step {s}</th>" for s in steps) + "</tr>"
+    body = "".join(
+        f"<tr><td>{_cell(p)}</td>"
+        + "".join(f"<td>{_cell(answer.get((p, s), ''))}</td>" for s in steps)
+        + "</tr>"
+        for p in prompts
+    )
+    return f"<table>{head}{body}</table>"
+
+
+def serve_command(registered_model: str, *, port: int = 5001) -> str:
+    """The shell command that serves a registered model locally."""
+    return (
+        f"mlflow models serve -m {registered_model} --host 127.0.0.1 --port {port} "
+        "--env-manager local"
+    )
+
+
+def results_html(registered_model: str | None, tracking_uri: str | None = None) -> str:
+    """Where the final model is and how to serve it."""
+    if not registered_model:
+        return "<i style='color:#777'>no registered model (set register_to to register one)</i>"
+    env = f"MLFLOW_TRACKING_URI={tracking_uri} " if tracking_uri else ""
+    command = html.escape(env + serve_command(registered_model))
+    return (
+        f"<b>registered model</b>: <code>{html.escape(registered_model)}</code><br>"
+        f"serve it: <pre style='margin:2px 0'>{command}</pre>"
+    )
+
+
+def table_html(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return f"<span style='white-space:pre-wrap'>{html.escape(text)}</span>"

@@ -1,0 +1,178 @@
+"""``ftmagic.panel()`` / ``%ft panel``: a form that builds, checks and drives a run.
+
+The form is generated from ``RunConfig``; fields are validated as they change (debounced), with
+errors shown next to their field. Tabs: Data (the validation report), Preview (token-level view of
+the examples), Train (Start/Cancel and the live view), Results (generations per checkpoint, the
+registered model and how to serve it). "Copy as cell" puts the equivalent ``%%finetune`` cell
+below. Every button can be clicked from code (``panel.start_button.click()``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import ipywidgets as widgets
+
+from ftmagic.config import RunConfig
+from ftmagic.errors import FtmagicError
+from ftmagic.ui.cell import to_cell
+from ftmagic.ui.errors import message_html
+from ftmagic.ui.form import ConfigForm
+from ftmagic.ui.live import LiveView
+from ftmagic.ui.tabs import PreviewTab, ResultsTab
+
+log = logging.getLogger(__name__)
+
+TAB_TITLES = ("Data", "Preview", "Train", "Results")
+
+
+class Panel(widgets.VBox):
+    """The fine-tuning panel. ``config`` is the form's current ``RunConfig``."""
+
+    def __init__(self, config: RunConfig | None = None, *, debounce_s: float = 0.5) -> None:
+        self.debounce_s = debounce_s
+        self.form = ConfigForm(config)
+        self.data_html = widgets.HTML("<i style='color:#777'>choose a model and training data</i>")
+        self.preview = PreviewTab()
+        self.results = ResultsTab()
+        self.start_button = widgets.Button(description="Start", button_style="success", icon="play")
+        self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
+        self.train_box = widgets.VBox()
+        self.copy_button = widgets.Button(description="Copy as cell", icon="copy")
+        self.message = widgets.HTML()
+        self.start_button.on_click(lambda _button: self.start())
+        self.cancel_button.on_click(lambda _button: self.cancel())
+        self.copy_button.on_click(lambda _button: self.copy_as_cell())
+        buttons = widgets.HBox([self.start_button, self.cancel_button])
+        train = widgets.VBox([buttons, self.train_box])
+        pages = [self.data_html, self.preview, train, self.results]
+        self.tabs = widgets.Tab(pages, titles=TAB_TITLES)
+        super().__init__(
+            [widgets.HTML("<h3>ftmagic</h3>"), self.form, self.copy_button, self.message, self.tabs]
+        )
+        self.run: Any = None
+        self.live: LiveView | None = None
+        self._lock = threading.RLock()
+        self._timer: threading.Timer | None = None
+        self._preview_key: tuple[Any, ...] | None = None
+        self.form.observe_changes(self._schedule_validation)
+
+    @property
+    def config(self) -> RunConfig:
+        """The form's ``RunConfig`` (raises ``ConfigError`` if a field is wrong)."""
+        return self.form.config()
+
+    def validate_now(self) -> Any:
+        """Check the form, then the data; fill the Data and Preview tabs. Returns the report."""
+        with self._lock:
+            config = self.form.checked_config()
+            if config is None or not (config.model and config.train_data_path):
+                return None
+            try:
+                report = self._validate_data(config)
+            except FtmagicError as err:
+                self.data_html.value = message_html(str(err))
+                self.form.show_error(getattr(err, "field", None) or "model", str(err))
+                return None
+            self._load_preview(config)
+            return report
+
+    def start(self) -> Any:
+        """Start a run from the form and watch it in the Train tab; returns the ``Run``."""
+        import ftmagic
+
+        self.message.value = ""
+        config = self.form.checked_config()
+        if config is None:
+            return None
+        try:
+            run = ftmagic.create(config)
+        except FtmagicError as err:
+            self.message.value = message_html(str(err))
+            return None
+        self.run = run
+        self.live = LiveView(run)
+        self.live.on_done(self._run_ended)
+        self.train_box.children = [self.live]
+        self.tabs.selected_index = TAB_TITLES.index("Train")
+        self.cancel_button.disabled = False
+        return run
+
+    def cancel(self) -> None:
+        """Ask the current run to stop."""
+        if self.live is not None:
+            self.live.cancel()
+        self.cancel_button.disabled = True
+
+    def to_cell(self) -> str:
+        """The ``%%finetune`` cell equivalent to the form (only non-default fields)."""
+        return to_cell(self.config)
+
+    def copy_as_cell(self) -> str | None:
+        """Put ``to_cell()`` in the next notebook cell (when a shell runs us); returns the text."""
+        from IPython import get_ipython
+
+        config = self.form.checked_config()
+        if config is None:
+            return None
+        text = to_cell(config)
+        shell = get_ipython()
+        if shell is not None:
+            shell.set_next_input(text, replace=False)
+        self.message.value = "<span style='color:#2e7d32'>the %%finetune cell is below</span>"
+        return text
+
+    def close(self) -> None:
+        """Stop the pending validation and the live view's polling, then close the widgets."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.live is not None:
+            self.live.stop()
+        super().close()
+
+    def _validate_data(self, config: RunConfig) -> Any:
+        import ftmagic
+
+        report = ftmagic.validate(config)
+        self.data_html.value = report._repr_html_()
+        for field, errors in _errors_by_field(report, config).items():
+            more = f" (and {len(errors) - 1} more: see the Data tab)" if len(errors) > 1 else ""
+            self.form.show_error(field, errors[0].describe() + more)
+        return report
+
+    def _load_preview(self, config: RunConfig) -> None:
+        key = (config.model, config.train_data_path, config.task_type, config.context_length)
+        if key != self._preview_key:
+            self._preview_key = key
+            self.preview.load(config)
+
+    def _schedule_validation(self, _change: Any = None) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.debounce_s, self._validate_in_background)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _validate_in_background(self) -> None:
+        try:
+            self.validate_now()
+        except Exception as err:  # a timer thread has no one to raise to: show and log it
+            log.exception("panel validation failed")
+            self.message.value = message_html(f"validation failed: {err}")
+
+    def _run_ended(self, run: Any) -> None:
+        self.cancel_button.disabled = True
+        self.results.show(run)
+
+
+def _errors_by_field(report: Any, config: RunConfig) -> dict[str, list[Any]]:
+    """Data errors grouped under the form field of the file they are in."""
+    grouped: dict[str, list[Any]] = {}
+    for error in report.errors:
+        source = str(error.source or "")
+        in_eval = bool(config.eval_data_path) and source.startswith(str(config.eval_data_path))
+        grouped.setdefault("eval_data_path" if in_eval else "train_data_path", []).append(error)
+    return grouped
