@@ -1,0 +1,1 @@
+"""Data: reading, rules, rendering, packing, preview and validation of training data."""

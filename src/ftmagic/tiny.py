@@ -1,0 +1,242 @@
+"""Built-in tiny models: real Llama-architecture checkpoints small enough to train on a laptop CPU.
+
+No machine that runs ftmagic's tests or demos can download weights, yet every code path (tokenizer,
+chat template, ``AutoModelForCausalLM``, LoRA, MLflow logging) should run exactly as it does for a
+real model. So each tiny model is a random-init ``LlamaForCausalLM`` plus a byte-level BPE tokenizer
+trained on the bundled corpus, with a real chat template, saved with ``save_pretrained``. It is
+built on first use into ``$FTMAGIC_CACHE/models/<name>-v1``, byte-for-byte the same on every build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+VERSION = "v1"
+PREFIX = "ftmagic/"
+
+# Meta-Llama-3-8B-Instruct's template, as published in its tokenizer_config.json.
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}"
+)
+
+# Plain ChatML, the format of Qwen and SmolLM2 (without their default system prompts).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """What makes one tiny model: its template and special tokens, and its size."""
+
+    name: str
+    template_family: str
+    chat_template: str | None
+    special_tokens: tuple[str, ...]
+    bos_token: str
+    eos_token: str
+    pad_token: str
+    add_bos: bool
+    extra_eos: tuple[str, ...] = ()
+    vocab_size: int = 2048
+    hidden_size: int = 256
+    intermediate_size: int = 688
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    context_length: int = 2048
+    seed: int = 1234
+
+
+LLAMA3_SPECIALS = (
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+)
+CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+TINY_MODELS: dict[str, TinySpec] = {
+    spec.name: spec
+    for spec in (
+        TinySpec(
+            name="ftmagic/tiny-chat",
+            template_family="llama3",
+            chat_template=LLAMA3_TEMPLATE,
+            special_tokens=LLAMA3_SPECIALS,
+            bos_token="<|begin_of_text|>",
+            eos_token="<|eot_id|>",
+            pad_token="<|end_of_text|>",
+            add_bos=True,
+            extra_eos=("<|end_of_text|>",),
+        ),
+        TinySpec(
+            name="ftmagic/tiny-chatml",
+            template_family="chatml",
+            chat_template=CHATML_TEMPLATE,
+            special_tokens=CHATML_SPECIALS,
+            bos_token="<|endoftext|>",
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            add_bos=False,
+            extra_eos=("<|endoftext|>",),
+        ),
+        TinySpec(
+            name="ftmagic/tiny-base",
+            template_family="none",
+            chat_template=None,
+            special_tokens=LLAMA3_SPECIALS,
+            bos_token="<|begin_of_text|>",
+            eos_token="<|end_of_text|>",
+            pad_token="<|end_of_text|>",
+            add_bos=True,
+        ),
+    )
+}
+"""The built-in tiny models (a constant: never mutated)."""
+
+
+def param_count(spec: TinySpec) -> int:
+    """Parameters of the tiny model (untied embeddings, grouped-query attention)."""
+    head_dim = spec.hidden_size // spec.num_heads
+    attention = 2 * spec.hidden_size * spec.hidden_size
+    attention += 2 * spec.hidden_size * spec.num_kv_heads * head_dim
+    mlp = 3 * spec.hidden_size * spec.intermediate_size
+    per_layer = attention + mlp + 2 * spec.hidden_size
+    return 2 * spec.vocab_size * spec.hidden_size + spec.num_layers * per_layer + spec.hidden_size
+
+
+def is_tiny(name: str) -> bool:
+    return name in TINY_MODELS
+
+
+def cache_dir() -> Path:
+    """``$FTMAGIC_CACHE`` or ``~/.cache/ftmagic``."""
+    return Path(os.environ.get("FTMAGIC_CACHE") or Path.home() / ".cache" / "ftmagic")
+
+
+def tiny_model_dir(name: str) -> Path:
+    return cache_dir() / "models" / f"{name.removeprefix(PREFIX)}-{VERSION}"
+
+
+def ensure_tiny_model(name: str) -> Path:
+    """The folder of tiny model ``name``, building it first if it is not in the cache yet.
+
+    The build happens in a temporary folder that is renamed into place, so concurrent first uses
+    (several test processes) never see a half-written model.
+    """
+    spec = TINY_MODELS[name]
+    final = tiny_model_dir(name)
+    if (final / "config.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+    try:
+        build_tiny_model(spec, tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def build_tiny_model(spec: TinySpec, out: Path) -> None:
+    """Write tokenizer and random-init weights for ``spec`` into the folder ``out``."""
+    tokenizer = build_tokenizer(spec)
+    tokenizer.save_pretrained(str(out))
+    model = build_model(spec, tokenizer)
+    model.save_pretrained(str(out))
+
+
+def corpus_text() -> str:
+    return resources.files("ftmagic.resources").joinpath("tiny_corpus.txt").read_text("utf-8")
+
+
+def build_tokenizer(spec: TinySpec) -> Any:
+    """A byte-level BPE tokenizer trained on the bundled corpus, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=list(spec.special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus_text().split("\n\n"), trainer=trainer)
+    bos_id = tok.token_to_id(spec.bos_token)
+    if spec.add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{spec.bos_token} $A",
+            pair=f"{spec.bos_token} $A {spec.bos_token} $B",
+            special_tokens=[(spec.bos_token, bos_id)],
+        )
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=spec.bos_token,
+        eos_token=spec.eos_token,
+        pad_token=spec.pad_token,
+        model_max_length=spec.context_length,
+        clean_up_tokenization_spaces=False,
+    )
+    if spec.chat_template is not None:
+        wrapped.chat_template = spec.chat_template
+    return wrapped
+
+
+def build_model(spec: TinySpec, tokenizer: Any) -> Any:
+    """A seeded random-init ``LlamaForCausalLM``; the caller's RNG state is left untouched."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in (spec.eos_token, *spec.extra_eos)]
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=spec.context_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos_ids if len(eos_ids) > 1 else eos_ids[0],
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos_ids,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with contextlib.suppress(AttributeError):
+        model.config.name_or_path = spec.name
+    return model
