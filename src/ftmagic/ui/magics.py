@@ -92,10 +92,10 @@ class FinetuneMagics(Magics):
         from ftmagic.ui.examples import first_examples, preview_example
 
         report = ftmagic.validate(config)
-        display(report)
+        display_rich(report)
         try:
             for example in first_examples(config, self.preview_examples):
-                display(preview_example(config, example))
+                display_rich(preview_example(config, example))
         except FtmagicError as err:  # the report already lists data problems; say why no preview
             show_error(err)
         return report
@@ -138,6 +138,11 @@ class FinetuneMagics(Magics):
         except FtmagicError as err:
             show_error(err)
             return None
+
+
+def display_rich(value: Any) -> None:
+    """Display ``value`` as HTML with ``str(value)`` (not the dataclass repr) as the plain text."""
+    display({"text/html": value._repr_html_(), "text/plain": str(value)}, raw=True)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -93,6 +93,6 @@ class ResultsTab(widgets.VBox):
 
 def tracking_uri() -> str | None:
     """The MLflow tracking URI runs are read from (needed to serve a registered model)."""
-    import mlflow
+    from ftmagic.tracking.store import tracking_uri as store_uri
 
-    return str(mlflow.get_tracking_uri())
+    return store_uri()

@@ -1,0 +1,119 @@
+"""Helpers for the notebook-layer tests: an IPython shell with the extension loaded whose
+``run_cell`` re-raises errors, a module-wide SQLite MLflow store, tiny NER data and a run config
+on the built-in tiny model that trains in a few seconds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+NER = Path(str(resources.files("ftmagic.resources") / "ner"))
+
+
+@dataclass
+class CellOutput:
+    """What a cell gave back: its value, printed text, and displayed text and HTML."""
+
+    result: Any
+    stdout: str
+    text: str
+    html: str
+    error_in_exec: BaseException | None
+
+
+class TestingShell:
+    """An ``InteractiveShell`` whose ``run_cell`` captures output and re-raises errors."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        from IPython.core.interactiveshell import InteractiveShell
+
+        from ftmagic.ui.magics import FinetuneMagics
+
+        self.shell = InteractiveShell.instance()
+        self.magics = FinetuneMagics(self.shell)  # fresh traitlets for every test
+        self.shell.register_magics(self.magics)
+
+    @property
+    def user_ns(self) -> dict[str, Any]:
+        return self.shell.user_ns  # type: ignore[no-any-return]
+
+    def run_cell(self, source: str) -> CellOutput:
+        from IPython.utils.capture import capture_output
+
+        with capture_output() as captured:
+            result = self.shell.run_cell(source)
+        result.raise_error()
+        outputs = [o.data for o in captured.outputs]
+        return CellOutput(
+            result=result.result,
+            stdout=captured.stdout,
+            text="\n".join(str(d.get("text/plain", "")) for d in outputs),
+            html="\n".join(str(d.get("text/html", "")) for d in outputs),
+            error_in_exec=result.error_in_exec,
+        )
+
+
+@pytest.fixture
+def ipshell() -> Iterator[TestingShell]:
+    shell = TestingShell()
+    yield shell
+    shell.shell.configurables.remove(shell.magics)
+
+
+def write_slice(source: Path, target: Path, count: int, start: int = 0) -> Path:
+    lines = source.read_text(encoding="utf-8").splitlines()[start : start + count]
+    target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return target
+
+
+@pytest.fixture(scope="module")
+def ui_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A SQLite MLflow store, a checkpoint folder and NER chat data shared by one test module."""
+    root = tmp_path_factory.mktemp("ui-env")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("FTMAGIC_CHECKPOINT_DIR", str(root / "checkpoints"))
+        mp.chdir(root)
+        yield {
+            "root": root,
+            "train": write_slice(NER / "train.jsonl", root / "train.jsonl", 120),
+            "eval": write_slice(NER / "eval.jsonl", root / "eval.jsonl", 16),
+        }
+
+
+def fast_fields(env: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """Config fields for a run that takes a few seconds on 2 CPUs."""
+    fields: dict[str, Any] = {
+        "model": "ftmagic/tiny-chat",
+        "train_data_path": str(env["train"]),
+        "training_duration": "4ba",
+        "checkpoint_interval": "2ba",
+        "tokens_per_batch": 512,
+        "micro_batch_tokens": 512,
+        "learning_rate": 2e-3,
+        "warmup_steps": 1,
+        "validate_inputs": False,
+        "experiment_path": "ui-tests",
+        "max_new_tokens": 4,
+    }
+    fields.update(changes)
+    return fields
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60.0, every: float = 0.1) -> Any:
+    """Poll ``check()`` until it returns something truthy (tests must not hang forever)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout} s")

@@ -1,0 +1,197 @@
+"""``%%finetune`` and ``%ft`` in a real IPython shell, against a real SQLite MLflow store and the
+built-in tiny model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from IPython.core.error import UsageError
+
+from fixtures_ui import TestingShell, fast_fields, ipshell, ui_env
+from ftmagic.config import RunConfig
+from ftmagic.errors import ConfigError
+from ftmagic.ui.cell import escape, parse_cell, substitute, to_cell
+
+__all__ = ["ipshell", "ui_env"]
+
+
+def cell_body(fields: dict[str, Any]) -> str:
+    return yaml.safe_dump(fields, sort_keys=False)
+
+
+@pytest.fixture(scope="module")
+def finished_run(ui_env: dict[str, Any]) -> Any:
+    """One tiny run started by the magic with --wait, shared by the %ft tests."""
+    shell = TestingShell()
+    shell.user_ns["ner_train"] = str(ui_env["train"])
+    fields = fast_fields(ui_env, eval_prompts=["Aspirin and ibuprofen."])
+    fields["train_data_path"] = "{ner_train}"
+    shell.run_cell("%config FinetuneMagics.experiment_path = 'from-config'")
+    del fields["experiment_path"]
+    out = shell.run_cell("%%finetune -o shared_run --wait\n" + cell_body(fields))
+    shell.shell.configurables.remove(shell.magics)
+    assert out.result is None
+    assert "COMPLETED" in out.stdout
+    return shell.user_ns["shared_run"]
+
+
+# --- the cell body ----------------------------------------------------------------------------
+
+
+def test_substitute_fills_names_and_leaves_yaml_braces() -> None:
+    body = "train_data_path: data/{split}.jsonl\neval_prompts: {prompts}\nx: {a: 1}\ny: {{split}}"
+    text = substitute(body, {"split": "train", "prompts": ["hi", "yo"]})
+    assert (
+        text
+        == 'train_data_path: data/train.jsonl\neval_prompts: ["hi", "yo"]\nx: {a: 1}\ny: {split}'
+    )
+    assert yaml.safe_load(text)["x"] == {"a": 1}
+
+
+def test_substitute_unknown_name_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        substitute("model: {my_model}", {})
+    assert "my_model" in str(info.value)
+    assert "{{my_model}}" in str(info.value)
+
+
+def test_parse_cell_layers_defaults_body_and_flags() -> None:
+    body = "model: ftmagic/tiny-chat\nbackend: local\nlearning_rate: {lr}\n"
+    config = parse_cell(
+        body, {"lr": 3e-4}, defaults={"backend": "ray", "seed": 5}, overrides={"seed": 9}
+    )
+    assert (config.backend, config.seed, config.learning_rate) == ("local", 9, 3e-4)
+    config = parse_cell("model: m\n", {}, defaults={"backend": "ray"})
+    assert config.backend == "ray"
+
+
+def test_to_cell_round_trips_literal_braces() -> None:
+    config = RunConfig(model="ftmagic/tiny-chat", eval_prompts=["Say {name} twice", "{a: 1}"])
+    text = to_cell(config)
+    assert text.splitlines()[0] == "%%finetune"
+    assert "{{name}}" in text and escape("{x}") == "{{x}}"
+    assert parse_cell(text.split("\n", 1)[1], {}) == config
+
+
+# --- %%finetune -------------------------------------------------------------------------------
+
+
+def test_help_lists_every_config_field(ipshell: TestingShell) -> None:
+    doc = ipshell.shell.find_cell_magic("finetune").__doc__
+    assert "--dry-run" in doc and "-o OUT" in doc and "--wait" in doc
+    for name, text in RunConfig.help().items():
+        assert f"  {name}: {text}" in doc
+    out = ipshell.run_cell("%%finetune?\n")
+    assert "training_duration: How long to train" in out.stdout
+
+
+def test_bad_field_shows_short_message_not_traceback(ipshell: TestingShell) -> None:
+    out = ipshell.run_cell("%%finetune --dry-run\nmodel: ftmagic/tiny-chat\nlearning_rat: 0.1\n")
+    assert out.error_in_exec is None and out.result is None
+    assert "Config error: config field 'learning_rat'" in out.text
+    assert "did you mean 'learning_rate'?" in out.text
+    assert "Traceback" not in out.text + out.stdout
+    assert "<b>Config error</b>" in out.html
+
+
+def test_bad_yaml_and_unknown_variable_name_the_place(ipshell: TestingShell) -> None:
+    out = ipshell.run_cell("%%finetune\nmodel: [unclosed\n")
+    assert out.error_in_exec is None
+    assert "not valid YAML at line" in out.text
+    out = ipshell.run_cell("%%finetune\nmodel: {no_such_variable}\n")
+    assert "{no_such_variable} names no variable" in out.text
+
+
+def test_dry_run_reports_and_previews_examples(
+    ipshell: TestingShell, ui_env: dict[str, Any]
+) -> None:
+    ipshell.run_cell("%config FinetuneMagics.preview_examples = 1")
+    body = cell_body(fast_fields(ui_env))
+    out = ipshell.run_cell("%%finetune --dry-run -o report\n" + body)
+    report = ipshell.user_ns["report"]
+    assert report.ok and report.num_examples == 120
+    assert f"Examples: {report.num_examples:,}" in out.text
+    assert out.html.count("Validation of") == 1
+    previews = [chunk for chunk in out.text.split("\n") if "trained" in chunk.lower()]
+    assert previews, out.text
+
+
+def test_dry_run_shows_data_errors_with_file_and_line(
+    ipshell: TestingShell, ui_env: dict[str, Any], tmp_path: Any
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    good = ui_env["train"].read_text().splitlines()[0]
+    bad.write_text(
+        good + '\n{"messages": [{"role": "assistant", "content": "hi"},'
+        ' {"role": "user", "content": "x"}]}\n'
+    )
+    out = ipshell.run_cell(
+        "%%finetune --dry-run\n" + cell_body(fast_fields(ui_env, train_data_path=str(bad)))
+    )
+    assert out.error_in_exec is None
+    assert f"{bad}:2" in out.text
+
+
+def test_run_with_out_wait_and_config_traitlet(finished_run: Any, ui_env: dict[str, Any]) -> None:
+    assert (
+        str(
+            finished_run.status.value
+            if hasattr(finished_run.status, "value")
+            else finished_run.status
+        )
+        == "COMPLETED"
+    )
+    assert finished_run.config.train_data_path == str(ui_env["train"])  # {ner_train} filled in
+    assert finished_run.config.experiment_path == "from-config"  # %config default applied
+    assert finished_run.config.backend == "inkernel"
+
+
+def test_backend_flag_overrides_config_default(ipshell: TestingShell) -> None:
+    ipshell.run_cell("%config FinetuneMagics.backend = 'ray'")
+    assert ipshell.magics.cell_config("model: m\n").backend == "ray"
+    assert ipshell.magics.cell_config("model: m\n", backend="local").backend == "local"
+    assert ipshell.magics.cell_config("model: m\nbackend: torchrun\n").backend == "torchrun"
+
+
+# --- %ft --------------------------------------------------------------------------------------
+
+
+def test_ft_runs_lists_the_run(ipshell: TestingShell, finished_run: Any) -> None:
+    out = ipshell.run_cell("%ft runs --experiment from-config")
+    table = out.result
+    assert [row[0] for row in table.rows] == [finished_run.run_id]
+    assert table.rows[0][2] == "COMPLETED" and table.rows[0][3] == "ftmagic/tiny-chat"
+    assert finished_run.run_id in repr(table) and finished_run.run_id in table._repr_html_()
+
+
+def test_ft_status_reattaches_a_live_view(ipshell: TestingShell, finished_run: Any) -> None:
+    view = ipshell.run_cell(f"%ft status {finished_run.run_id}").result
+    view.join(timeout=30)
+    assert view.done and view.progress_bar.value == view.progress_bar.max == 4
+    assert "COMPLETED" in view.progress_text.value
+    ipshell.user_ns["that_run"] = finished_run
+    assert ipshell.run_cell("%ft status that_run").result.run.run_id == finished_run.run_id
+
+
+def test_ft_chat_answers_from_the_fine_tuned_model(
+    ipshell: TestingShell, finished_run: Any
+) -> None:
+    box = ipshell.run_cell(f"%ft chat {finished_run.run_id} --checkpoint 2").result
+    assert box.checkpoint == 2
+    box.text.value = "Aspirin helps."
+    box.send_button.click()
+    assert [m["role"] for m in box.messages] == ["user", "assistant"]
+    assert isinstance(box.messages[1]["content"], str)
+    assert "Aspirin helps." in box.history.value and box.text.value == ""
+
+
+def test_ft_models_panel_and_errors(ipshell: TestingShell) -> None:
+    models = ipshell.run_cell("%ft models").result
+    assert "ftmagic/tiny-chat" in [m.name for m in models]
+    assert type(ipshell.run_cell("%ft panel").result).__name__ == "Panel"
+    out = ipshell.run_cell("%ft cancel no-such-run")
+    assert out.error_in_exec is None and "no-such-run" in out.text
+    with pytest.raises(UsageError, match="unknown %ft command"):
+        ipshell.run_cell("%ft bogus")
