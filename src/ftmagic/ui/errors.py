@@ -35,7 +35,7 @@ def error_html(err: FtmagicError) -> str:
 
 def message_html(text: str, *, color: str = "#c62828") -> str:
     """A short colored line of escaped text, for messages shown inside widgets."""
-    return f"<span style='color:{color}'>{html.escape(text)}</span>"
+    return f"<span style='color:{color}'>{html.escape(text, quote=False)}</span>"
 
 
 def show_error(err: FtmagicError) -> None:

@@ -1,0 +1,152 @@
+"""The panel, driven from code (``button.click()``, setting widget values): the generated form,
+validation next to the fields, the token preview, a tiny run from the Train tab, Copy as cell."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as widgets
+import pytest
+
+from fixtures_ui import TestingShell, fast_fields, ipshell, ui_env, wait_for
+from ftmagic.config import RunConfig
+from ftmagic.errors import ConfigError
+from ftmagic.ui.cell import parse_cell
+from ftmagic.ui.live import status_name
+from ftmagic.ui.panel import Panel
+
+__all__ = ["ipshell", "ui_env"]
+
+
+@pytest.fixture
+def panel() -> Any:
+    made = Panel(debounce_s=0.5)
+    yield made
+    made.close()
+
+
+def widget_of(panel: Panel, name: str) -> Any:
+    return panel.form.rows[name].widget
+
+
+def fill(panel: Panel, **values: Any) -> None:
+    for name, value in values.items():
+        panel.form.rows[name].set(value)
+
+
+def test_form_widgets_follow_field_types_and_help(panel: Panel) -> None:
+    kinds = {
+        "task_type": widgets.Dropdown,
+        "backend": widgets.Dropdown,
+        "lr_schedule": widgets.Dropdown,
+        "lora_rank": widgets.IntText,
+        "lora_dropout": widgets.FloatText,
+        "packing": widgets.Checkbox,
+        "eval_prompts": widgets.Textarea,
+        "learning_rate": widgets.Text,
+        "training_duration": widgets.Text,
+    }
+    for name, kind in kinds.items():
+        assert type(widget_of(panel, name)) is kind, name
+    assert widget_of(panel, "task_type").options == (
+        "CHAT_COMPLETION",
+        "INSTRUCTION_FINETUNE",
+        "CONTINUED_PRETRAIN",
+    )
+    for name, text in RunConfig.help().items():
+        assert widget_of(panel, name).tooltip == text
+    labels = dict((value, label) for label, value in widget_of(panel, "model").options)
+    assert labels["ftmagic/tiny-chat"].startswith("ftmagic/tiny-chat · ")
+    assert "128k ctx" in labels["meta-llama/Llama-3.2-1B-Instruct"]
+    retired = [label for label in labels.values() if "retired, use" in label]
+    assert any(label.startswith("meta-llama/Meta-Llama-3-8B") for label in retired), retired
+
+
+def test_lora_options_appear_only_for_lora(panel: Panel) -> None:
+    assert panel.form.lora_box.layout.display == "none"
+    widget_of(panel, "method").value = "lora"
+    assert panel.form.lora_box.layout.display == ""
+    assert panel.config.method == "lora"
+
+
+def test_filled_form_gives_the_config(panel: Panel, ui_env: dict[str, Any]) -> None:
+    fields = fast_fields(ui_env, eval_prompts=["one", "two"], register_to="main.ner")
+    fill(panel, **fields)
+    widget_of(panel, "learning_rate").value = "1e-3"
+    assert panel.config == RunConfig.from_dict({**fields, "learning_rate": 1e-3})
+
+
+def test_errors_show_next_to_their_field(panel: Panel, ui_env: dict[str, Any]) -> None:
+    fill(panel, **fast_fields(ui_env))
+    widget_of(panel, "learning_rate").value = "fast"
+    widget_of(panel, "context_length").value = "2k"
+    assert panel.validate_now() is None
+    assert "'learning_rate': must be a number" in panel.form.rows["learning_rate"].error.value
+    assert "whole number" in panel.form.rows["context_length"].error.value
+    with pytest.raises(ConfigError):
+        _ = panel.config
+    fill(panel, learning_rate=None, context_length=None, register_to="no dots here")
+    panel.validate_now()
+    assert panel.form.rows["learning_rate"].error.value == ""
+    assert "is not a model name" in panel.form.rows["register_to"].error.value
+
+
+def test_validation_runs_by_itself_after_a_change(panel: Panel, ui_env: dict[str, Any]) -> None:
+    widget_of(panel, "training_duration").value = "3 weeks"
+    error = panel.form.rows["training_duration"].error
+    assert "is not a duration" in wait_for(lambda: error.value, timeout=30)
+
+
+def test_data_errors_show_next_to_the_data_path(
+    panel: Panel, ui_env: dict[str, Any], tmp_path: Any
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    good = ui_env["train"].read_text().splitlines()[:3]
+    bad.write_text("\n".join([*good, '{"messages": []}', "not json"]) + "\n")
+    fill(panel, **fast_fields(ui_env, train_data_path=str(bad)))
+    report = panel.validate_now()
+    assert not report.ok and report.num_errors == 2
+    message = panel.form.rows["train_data_path"].error.value
+    assert f"{bad}:4" in message and "and 1 more" in message
+    assert "Validation of" in panel.data_html.value
+
+
+def test_preview_steps_through_examples(panel: Panel, ui_env: dict[str, Any]) -> None:
+    fill(panel, **fast_fields(ui_env))
+    assert panel.validate_now().ok
+    preview = panel.preview
+    assert preview.label.value == "example 1 of 20"
+    first = preview.tokens.value
+    assert "tokens trained" in preview.counts.value and "assistant" in preview.counts.value
+    preview.next_button.click()
+    assert preview.label.value == "example 2 of 20" and preview.tokens.value != first
+    preview.prev_button.click()
+    preview.prev_button.click()
+    assert preview.label.value == "example 20 of 20"
+
+
+def test_copy_as_cell_round_trips_through_the_magic(
+    panel: Panel, ipshell: TestingShell, ui_env: dict[str, Any]
+) -> None:
+    fill(panel, **fast_fields(ui_env, method="lora", lora_rank=4, eval_prompts=["Hi {name}"]))
+    text = panel.to_cell()
+    assert text.startswith("%%finetune\n") and "lora_rank: 4" in text
+    assert "seed:" not in text  # only non-default fields
+    assert parse_cell(text.split("\n", 1)[1], {}) == panel.config
+    panel.copy_button.click()
+    assert ipshell.shell.rl_next_input == text
+    out = ipshell.run_cell(text.replace("%%finetune", "%%finetune --dry-run -o copied", 1))
+    assert out.error_in_exec is None and ipshell.user_ns["copied"].ok
+
+
+def test_train_tab_runs_a_tiny_model_to_completion(panel: Panel, ui_env: dict[str, Any]) -> None:
+    fill(panel, **fast_fields(ui_env, eval_prompts=["Aspirin and ibuprofen."]))
+    panel.start_button.click()
+    assert panel.run is not None and panel.tabs.selected_index == 2
+    assert panel.train_box.children == (panel.live,)
+    panel.run.wait()
+    panel.live.join(timeout=60)
+    assert status_name(panel.run.status) == "COMPLETED"
+    assert panel.live.progress_bar.value == 4 and panel.cancel_button.disabled
+    results = panel.results.generations.value
+    assert "Aspirin and ibuprofen." in results and "step 2" in results and "step 4" in results
