@@ -1,0 +1,171 @@
+/**
+ * ftmagic's JupyterLab extension: YAML highlighting for `%%finetune` cells, the fine-tuning runs
+ * sidebar, and commands to start a fine-tuning notebook, insert a `%%finetune` cell and open
+ * the panel.
+ */
+
+import {
+  ILayoutRestorer,
+  type JupyterFrontEnd,
+  type JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import { ICommandPalette, Notification } from '@jupyterlab/apputils';
+import { EditorExtensionRegistry, IEditorExtensionRegistry } from '@jupyterlab/codemirror';
+import { ILauncher } from '@jupyterlab/launcher';
+import { INotebookTracker, NotebookActions, type NotebookPanel } from '@jupyterlab/notebook';
+
+import { finetuneCells, newNotebookCells, panelCellCode } from './cells';
+import { finetuneHighlighting } from './highlight';
+import { runsIcon } from './icon';
+import { type IRunSummary, reattachCode } from './model';
+import { RunsSidebar } from './sidebar';
+
+const CATEGORY = 'Fine-tuning';
+
+export namespace CommandIDs {
+  export const newNotebook = 'ftmagic:new-notebook';
+  export const insertCell = 'ftmagic:insert-finetune-cell';
+  export const openPanel = 'ftmagic:open-panel';
+  export const showRuns = 'ftmagic:show-runs';
+}
+
+/** The sources of a notebook's code cells. */
+function codeSources(panel: NotebookPanel): string[] {
+  const model = panel.content.model;
+  if (!model) {
+    return [];
+  }
+  return model.sharedModel.cells
+    .filter(cell => cell.cell_type === 'code')
+    .map(cell => cell.getSource());
+}
+
+/** Insert code cells below the active cell, in order; the last one ends up active. */
+function insertBelow(panel: NotebookPanel, sources: string[]): void {
+  const notebook = panel.content;
+  for (const source of sources) {
+    NotebookActions.insertBelow(notebook);
+    const cell = notebook.activeCell;
+    if (cell) {
+      if (cell.model.type !== 'code') {
+        NotebookActions.changeCellType(notebook, 'code');
+      }
+      notebook.activeCell?.model.sharedModel.setSource(source);
+    }
+  }
+}
+
+function currentNotebook(tracker: INotebookTracker | null): NotebookPanel | null {
+  const panel = tracker?.currentWidget ?? null;
+  if (!panel) {
+    Notification.warning('Open a notebook first.', { autoClose: 4000 });
+  }
+  return panel;
+}
+
+const highlightPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'ftmagic:highlight',
+  description: 'YAML highlighting for %%finetune cells.',
+  autoStart: true,
+  requires: [IEditorExtensionRegistry],
+  activate: (_app: JupyterFrontEnd, registry: IEditorExtensionRegistry) => {
+    registry.addExtension({
+      name: 'ftmagic:finetune-yaml',
+      factory: options =>
+        EditorExtensionRegistry.createImmutableExtension(
+          finetuneHighlighting(options.model.sharedModel.getSource())
+        )
+    });
+  }
+};
+
+const runsPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'ftmagic:runs',
+  description: 'The fine-tuning runs sidebar and the ftmagic commands.',
+  autoStart: true,
+  optional: [INotebookTracker, ICommandPalette, ILauncher, ILayoutRestorer],
+  activate: (
+    app: JupyterFrontEnd,
+    tracker: INotebookTracker | null,
+    palette: ICommandPalette | null,
+    launcher: ILauncher | null,
+    restorer: ILayoutRestorer | null
+  ) => {
+    const { commands, shell } = app;
+
+    const reattach = (run: IRunSummary) => {
+      const panel = currentNotebook(tracker);
+      if (panel) {
+        insertBelow(panel, [reattachCode(run)]);
+      }
+    };
+    const sidebar = new RunsSidebar(reattach);
+    shell.add(sidebar, 'left', { rank: 650 });
+    restorer?.add(sidebar, sidebar.id);
+
+    commands.addCommand(CommandIDs.newNotebook, {
+      label: args => (args.isLauncher ? 'Fine-tuning notebook' : 'New fine-tuning notebook'),
+      caption: 'A notebook that fine-tunes the tiny built-in model on the bundled NER data',
+      icon: runsIcon,
+      execute: async args => {
+        const kernelName = app.serviceManager.kernelspecs.specs?.default ?? 'python3';
+        const panel: NotebookPanel = await commands.execute('notebook:create-new', {
+          cwd: (args.cwd as string | undefined) ?? '',
+          kernelName
+        });
+        await panel.context.ready;
+        const shared = panel.content.model!.sharedModel;
+        shared.transact(() => {
+          shared.deleteCellRange(0, shared.cells.length);
+          shared.insertCells(
+            0,
+            newNotebookCells().map(source => ({ cell_type: 'code', source, metadata: {} }))
+          );
+        });
+        panel.content.activeCellIndex = 0;
+        await panel.context.save();
+        return panel;
+      }
+    });
+
+    commands.addCommand(CommandIDs.insertCell, {
+      label: 'Insert %%finetune cell',
+      caption: 'Insert a %%finetune cell (and the setup it needs) below the active cell',
+      icon: runsIcon,
+      isEnabled: () => tracker?.currentWidget != null,
+      execute: () => {
+        const panel = currentNotebook(tracker);
+        if (panel) {
+          insertBelow(panel, finetuneCells(codeSources(panel)));
+        }
+      }
+    });
+
+    commands.addCommand(CommandIDs.openPanel, {
+      label: 'Open the fine-tuning panel',
+      caption: 'Insert and run a %ft panel cell: a form that builds, checks and starts a run',
+      icon: runsIcon,
+      isEnabled: () => tracker?.currentWidget != null,
+      execute: async () => {
+        const panel = currentNotebook(tracker);
+        if (panel) {
+          insertBelow(panel, [panelCellCode(codeSources(panel))]);
+          await NotebookActions.run(panel.content, panel.sessionContext);
+        }
+      }
+    });
+
+    commands.addCommand(CommandIDs.showRuns, {
+      label: 'Show fine-tuning runs',
+      icon: runsIcon,
+      execute: () => shell.activateById(sidebar.id)
+    });
+
+    for (const command of Object.values(CommandIDs)) {
+      palette?.addItem({ command, category: CATEGORY });
+    }
+    launcher?.add({ command: CommandIDs.newNotebook, category: 'Notebook', rank: 10 });
+  }
+};
+
+export default [highlightPlugin, runsPlugin];
