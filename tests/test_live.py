@@ -119,10 +119,10 @@ def test_kernel_runs_cells_while_training_and_cancel_stops(
         fast_fields(ui_env, training_duration="400ba", checkpoint_interval="400ba")
     )
     view = LiveView(run, refresh_interval=0.5)
-    wait_for(lambda: view.update() is False and view.progress_bar.value >= 1)
+    wait_for(lambda: view.update() or view.progress_bar.value >= 1)
+    assert status_name(run.status) == "RUNNING", run.status_reason
     out = ipshell.run_cell("answer = sum(range(10))\nanswer")
     assert out.result == 45  # the kernel runs cells while the run trains in a thread
-    assert status_name(run.status) == "RUNNING"
     view.cancel_button.click()
     assert view.cancel_button.disabled
     run.wait()

@@ -187,6 +187,20 @@ def test_ft_chat_answers_from_the_fine_tuned_model(
     assert "Aspirin helps." in box.history.value and box.text.value == ""
 
 
+def test_cell_returns_at_once_and_ft_cancel_stops_the_run(
+    ipshell: TestingShell, ui_env: dict[str, Any]
+) -> None:
+    body = cell_body(fast_fields(ui_env, training_duration="400ba", checkpoint_interval="400ba"))
+    out = ipshell.run_cell("%%finetune -o background\n" + body)
+    run = ipshell.user_ns["background"]
+    assert out.result is None and "LiveView" in out.text
+    assert not run.is_done  # the cell returned while the run trains in the background
+    assert ipshell.run_cell("%ft status").result.run.run_id == run.run_id  # the last run
+    out = ipshell.run_cell("%ft cancel background")
+    assert f"asked run {run.name} ({run.run_id}) to stop" in out.stdout
+    assert run.wait(timeout=120).status == "STOPPED"
+
+
 def test_ft_models_panel_and_errors(ipshell: TestingShell) -> None:
     models = ipshell.run_cell("%ft models").result
     assert "ftmagic/tiny-chat" in [m.name for m in models]
