@@ -190,3 +190,39 @@ def test_evaluate_ner_scores_a_generate_function() -> None:
     empty = examples.evaluate_ner(silent, records, batch_size=8)
     assert empty["f1"] == 0.0 and empty["tp"] == 0
     assert empty["fn"] == sum(len(r) for r in empty["references"]) > 0
+
+
+# --- the bundled data passes ftmagic.validate with the default tiny model -------------------------
+@pytest.mark.parametrize(
+    ("dataset", "task_type", "examples_count"),
+    [("ner", "CHAT_COMPLETION", 2000), ("chat", "CHAT_COMPLETION", 600)],
+)
+def test_bundled_chats_validate_with_the_tiny_model(
+    dataset: str, task_type: str, examples_count: int
+) -> None:
+    import ftmagic
+
+    report = ftmagic.validate(
+        model="ftmagic/tiny-chat",
+        task_type=task_type,
+        train_data_path=examples.path(dataset, "train"),
+        eval_data_path=examples.path(dataset, "eval"),
+    )
+    assert report.ok, report.errors
+    assert report.num_examples == examples_count
+    assert report.num_truncated == 0
+    assert 0 < report.trained_tokens < report.total_tokens
+
+
+def test_pretrain_folder_validates_and_warns_that_it_is_small() -> None:
+    import ftmagic
+
+    report = ftmagic.validate(
+        model="ftmagic/tiny-chat",
+        task_type="CONTINUED_PRETRAIN",
+        train_data_path=examples.path("pretrain", "train"),
+        eval_data_path=examples.path("pretrain", "eval"),
+    )
+    assert report.ok, report.errors
+    assert 10_000 < report.total_tokens < 1_500_000
+    assert any("1.5M tokens" in w for w in report.warnings), report.warnings
