@@ -41,6 +41,8 @@ class Panel(widgets.VBox):
         self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
         self.train_box = widgets.VBox()
         self.copy_button = widgets.Button(description="Copy as cell", icon="copy")
+        self.validate_button = widgets.Button(description="Validate", icon="check")
+        self.validate_button.on_click(lambda _button: self.validate_now(reread=True))
         self.message = widgets.HTML()
         self.start_button.on_click(lambda _button: self.start())
         self.cancel_button.on_click(lambda _button: self.cancel())
@@ -50,12 +52,21 @@ class Panel(widgets.VBox):
         pages = [self.data_html, self.preview, train, self.results]
         self.tabs = widgets.Tab(pages, titles=TAB_TITLES)
         super().__init__(
-            [widgets.HTML("<h3>ftmagic</h3>"), self.form, self.copy_button, self.message, self.tabs]
+            [
+                widgets.HTML("<h3>ftmagic</h3>"),
+                self.form,
+                widgets.HBox([self.validate_button, self.copy_button]),
+                self.message,
+                self.tabs,
+            ]
         )
         self.run: Any = None
         self.live: LiveView | None = None
         self._lock = threading.RLock()
         self._timer: threading.Timer | None = None
+        self._edits = 0  # form changes so far; a timer skips work validate_now already did
+        self._validated_edit = 0
+        self._report: tuple[RunConfig, Any] | None = None
         self._preview_key: tuple[Any, ...] | None = None
         self.form.observe_changes(self._schedule_validation)
 
@@ -64,14 +75,16 @@ class Panel(widgets.VBox):
         """The form's ``RunConfig`` (raises ``ConfigError`` if a field is wrong)."""
         return self.form.config()
 
-    def validate_now(self) -> Any:
-        """Check the form, then the data; fill the Data and Preview tabs. Returns the report."""
+    def validate_now(self, *, reread: bool = False) -> Any:
+        """Check the form, then the data (read again if ``reread`` or the form changed); fill the
+        Data and Preview tabs. Returns the validation report, or None if the form is incomplete."""
         with self._lock:
+            self._validated_edit = self._edits
             config = self.form.checked_config()
             if config is None or not (config.model and config.train_data_path):
                 return None
             try:
-                report = self._validate_data(config)
+                report = self._validate_data(config, reread)
             except FtmagicError as err:
                 self.data_html.value = message_html(str(err))
                 self.form.show_error(getattr(err, "field", None) or "model", str(err))
@@ -132,10 +145,14 @@ class Panel(widgets.VBox):
             self.live.stop()
         super().close()
 
-    def _validate_data(self, config: RunConfig) -> Any:
+    def _validate_data(self, config: RunConfig, reread: bool) -> Any:
         import ftmagic
 
-        report = ftmagic.validate(config)
+        if not reread and self._report is not None and self._report[0] == config:
+            report = self._report[1]  # unchanged form: the data was already read
+        else:
+            report = ftmagic.validate(config)
+            self._report = (config, report)
         self.data_html.value = report._repr_html_()
         for field, errors in _errors_by_field(report, config).items():
             more = f" (and {len(errors) - 1} more: see the Data tab)" if len(errors) > 1 else ""
@@ -150,15 +167,19 @@ class Panel(widgets.VBox):
 
     def _schedule_validation(self, _change: Any = None) -> None:
         with self._lock:
+            self._edits += 1
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = threading.Timer(self.debounce_s, self._validate_in_background)
-            self._timer.daemon = True
-            self._timer.start()
+            timer = threading.Timer(self.debounce_s, self._validate_in_background, (self._edits,))
+            timer.daemon = True
+            timer.start()
+            self._timer = timer
 
-    def _validate_in_background(self) -> None:
+    def _validate_in_background(self, edit: int) -> None:
         try:
-            self.validate_now()
+            with self._lock:
+                if self._validated_edit < edit:
+                    self.validate_now()
         except Exception as err:  # a timer thread has no one to raise to: show and log it
             log.exception("panel validation failed")
             self.message.value = message_html(f"validation failed: {err}")
