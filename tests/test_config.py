@@ -1,4 +1,4 @@
-"""RunConfig: one typed config that round-trips through YAML, dicts and kwargs, and fails clearly."""
+"""RunConfig round-trips through YAML, dicts and kwargs, and fails with clear messages."""
 
 from __future__ import annotations
 

@@ -97,7 +97,14 @@ def check_chat(
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            found.append(error("message must be an object with role and content", where, message))
+            found.append(
+                error(
+                    "message must be an object with role and content",
+                    where,
+                    message,
+                    fix='write each message as {"role": "user", "content": "..."}',
+                )
+            )
             roles.append(None)
             continue
         found += _check_message(message, where, error)
@@ -147,7 +154,8 @@ def _check_order(roles: list[str | None], error: Any) -> list[DataError]:
                 )
             )
     turns = [(i, r) for i, r in enumerate(roles) if r in ("user", "assistant")]
-    if turns and turns[0][1] != "user":
+    # After an unreadable message we cannot tell what came first, so only report what is sure.
+    if turns and turns[0][1] != "user" and None not in roles[: turns[0][0]]:
         index = turns[0][0]
         found.append(
             error(

@@ -234,6 +234,9 @@ def validate(config: RunConfig, *, max_errors: int = 20) -> ValidationReport:
             )
         )
     counter = TokenCounter(tokenizer, config.task_type) if tokenizer else None
+    if counter is not None and counter.problem is not None:
+        errors.append(counter.problem)
+        counter = None
     train = scan(config.train_data_path, config.task_type, counter, context_length, errors)
     held_out = DataTally()
     if config.eval_data_path:
@@ -365,80 +368,63 @@ class Counted(NamedTuple):
 
 
 class TokenCounter:
-    """Counts tokens the way ``render`` builds examples, but a batch at a time.
+    """Counts tokens as ``render`` builds examples, but a whole batch per tokenizer call.
 
-    ``render`` tokenizes one example (for the exact loss mask); counting a large file that way is
-    slow. Here each example is cut into text segments (the chat template's text around the
-    assistant turns, or prompt and response), and all segments of a batch are tokenized in one
-    call to the fast tokenizer, which runs in Rust on every core. The first examples are also
-    rendered with ``render``; if the two ever disagree, counting falls back to ``render``.
+    ``render`` tokenizes one example at a time to get its exact loss mask; counting a large file
+    that way is several times slower than tokenizing it. Here a batch of examples goes to the
+    fast tokenizer in one call (Rust, on every core): chat conversations as the template's text
+    cut at the assistant turns, instruction records as prompt + response with character offsets.
+    The first examples and then one in every ``CHECK_EVERY`` are also rendered with ``render``;
+    if the counts ever disagree, every later example is counted with ``render``.
     """
 
-    CHECKED = 16
+    CHECK_FIRST = 16
+    CHECK_EVERY = 256
 
     def __init__(self, tokenizer: Any, task_type: str) -> None:
         self.tokenizer = tokenizer
         self.task_type = task_type
-        self.exact = False
-        self.checked = 0
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._encode_batch = getattr(backend, "encode_batch_fast", None)
-        self._turn_end = _turn_end(tokenizer) if task_type == CHAT else ""
-        self._bos = _leading_specials(tokenizer)
+        self.seen = 0
+        self.problem: DataError | None = None
+        fast = getattr(tokenizer, "is_fast", False)
+        self._backend = getattr(tokenizer, "backend_tokenizer", None) if fast else None
+        self.exact = self._backend is None
+        self._eos_id = tokenizer.eos_token_id
+        if task_type == CHAT:
+            self.problem = _template_problem(tokenizer)
+            self._turn_end = _turn_end(tokenizer)
+        else:
+            self._adds_eos = _adds_eos(tokenizer)
 
     def lengths(self, texts: list[str]) -> list[int]:
         """Token counts of ``texts`` (no special tokens added), in one batched call."""
         if not texts:
             return []
-        if self._encode_batch is not None:
-            return [len(e) for e in self._encode_batch(texts, add_special_tokens=False)]
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [len(i) for i in ids]
+        if self._backend is not None:
+            return [
+                len(e) for e in self._backend.encode_batch_fast(texts, add_special_tokens=False)
+            ]
+        return [len(i) for i in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def count_texts(self, texts: list[str]) -> list[int]:
-        """Continued pretraining: each document's tokens plus the EOS that separates it."""
-        return [n + 1 for n in self.lengths(texts)]
+        """Continued pretraining: each document's tokens plus the EOS that ends it."""
+        extra = 0 if self._eos_id is None else 1
+        return [n + extra for n in self.lengths(texts)]
 
     def count_records(
         self, records: list[Record], context_length: int | None
     ) -> list[Counted | DataError]:
+        """``Counted`` (or the ``DataError`` that ``render`` would raise) for each record."""
         if self.exact:
-            return [self._render_count(r, context_length) for r in records]
-        plans = [self._segments(r) for r in records]
-        texts = [t for p in plans if not isinstance(p, DataError) for t, _ in p]
-        lengths = iter(self.lengths(texts))
-        counts: list[Counted | DataError] = []
-        for plan in plans:
-            if isinstance(plan, DataError):
-                counts.append(plan)
-                continue
-            counts.append(
-                _tally_segments([(next(lengths), trained) for _, trained in plan], context_length)
-            )
-        if self.checked < self.CHECKED:
-            counts = self._check_against_render(records, counts, context_length)
-        return counts
+            return [self.render_count(r, context_length) for r in records]
+        if self.task_type == CHAT:
+            counts = self._count_chat(records, context_length)
+        else:
+            counts = self._count_instruction(records, context_length)
+        return self._spot_check(records, counts, context_length)
 
-    def _check_against_render(
-        self, records: list[Record], counts: list[Counted | DataError], context_length: int | None
-    ) -> list[Counted | DataError]:
-        for record, fast in zip(records[: self.CHECKED - self.checked], counts, strict=False):
-            self.checked += 1
-            exact = self._render_count(record, context_length)
-            if isinstance(fast, Counted) and exact != fast:
-                logger.info(
-                    "batched token counts differ from render at %s:%s (%s vs %s); counting "
-                    "every example with render",
-                    record.source,
-                    record.line,
-                    fast,
-                    exact,
-                )
-                self.exact = True
-                return [self._render_count(r, context_length) for r in records]
-        return counts
-
-    def _render_count(self, record: Record, context_length: int | None) -> Counted | DataError:
+    def render_count(self, record: Record, context_length: int | None) -> Counted | DataError:
+        """The exact count, through ``render``."""
         from ftmagic.data.render import render
 
         try:
@@ -447,87 +433,191 @@ class TokenCounter:
             )
         except DataError as err:
             return err
-        trained = example.trained if context_length is None else example.trained[:context_length]
-        return Counted(len(example.input_ids), int(sum(trained)))
+        kept = example.trained if context_length is None else example.trained[:context_length]
+        return _finish(len(example.input_ids), sum(kept), record, context_length, self.task_type)
 
-    def _segments(self, record: Record) -> list[tuple[str, bool]] | DataError:
-        """``(text, trained)`` pieces whose tokens add up to the rendered example."""
-        data = record.data
-        if self.task_type != CHAT:
-            answer = data["response"] if "response" in data else data["completion"]
-            eos = self.tokenizer.eos_token or ""
-            return [(self._bos + data["prompt"], False), (answer + eos, True)]
+    def _spot_check(
+        self, records: list[Record], counts: list[Counted | DataError], context_length: int | None
+    ) -> list[Counted | DataError]:
+        for index, (record, fast) in enumerate(zip(records, counts, strict=True)):
+            number = self.seen + index
+            if number >= self.CHECK_FIRST and number % self.CHECK_EVERY:
+                continue
+            exact = self.render_count(record, context_length)
+            if _same(fast, exact):
+                continue
+            logger.info(
+                "batched token counts differ from render at %s:%s (%s, render: %s); counting "
+                "with render from here on",
+                record.source,
+                record.line,
+                fast,
+                exact,
+            )
+            self.exact = True
+            self.seen += len(records)
+            return [self.render_count(r, context_length) for r in records]
+        self.seen += len(records)
+        return counts
+
+    def _count_chat(
+        self, records: list[Record], context_length: int | None
+    ) -> list[Counted | DataError]:
+        plans = [self._chat_pieces(r) for r in records]
+        texts = [text for plan in plans if isinstance(plan, list) for text, _ in plan]
+        lengths = iter(self.lengths(texts))
+        counts: list[Counted | DataError] = []
+        for record, plan in zip(records, plans, strict=True):
+            if isinstance(plan, DataError):
+                counts.append(plan)
+                continue
+            pieces = [(next(lengths), trained) for _, trained in plan]
+            length, trained = _tally_pieces(pieces, context_length)
+            counts.append(_finish(length, trained, record, context_length, self.task_type))
+        return counts
+
+    def _chat_pieces(self, record: Record) -> list[tuple[str, bool]] | DataError:
+        messages = record.data["messages"]
         try:
-            text = self.tokenizer.apply_chat_template(data["messages"], tokenize=False)
-        except Exception as err:  # jinja2 raises TemplateError and its own exceptions
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        except Exception as err:  # jinja2's TemplateError, or whatever the template raises
             return DataError(
                 f"the model's chat template rejects this conversation: {err}",
                 source=record.source,
                 line=record.line,
                 field="messages",
-                fix="make the conversation fit the model's template, or pick another model",
+                fix="change the roles or order of the messages to what this model's template "
+                "accepts",
             )
-        return _split_turns(text, data["messages"], self._turn_end)
+        pieces = _split_turns(str(text), messages, self._turn_end)
+        if pieces is None:
+            return DataError(
+                "the model's chat template drops an assistant message",
+                source=record.source,
+                line=record.line,
+                field="messages",
+                fix="use a model whose template keeps every assistant turn",
+            )
+        return pieces
+
+    def _count_instruction(
+        self, records: list[Record], context_length: int | None
+    ) -> list[Counted | DataError]:
+        prompts = [r.data["prompt"] for r in records]
+        answers = [r.data.get("response", r.data.get("completion")) for r in records]
+        texts = [p + a for p, a in zip(prompts, answers, strict=True)]
+        assert self._backend is not None
+        encodings = self._backend.encode_batch(texts, add_special_tokens=True)
+        counts: list[Counted | DataError] = []
+        for record, prompt, text, enc in zip(records, prompts, texts, encodings, strict=True):
+            first, last = enc.char_to_token(len(prompt)), enc.char_to_token(len(text) - 1)
+            if first is None or last is None:
+                counts.append(self.render_count(record, context_length))
+                continue
+            length = len(enc) + (0 if self._adds_eos else 1)
+            limit = length if context_length is None else context_length
+            trained = max(0, min(last + 1, limit) - first) + (1 if length <= limit else 0)
+            counts.append(_finish(length, trained, record, context_length, self.task_type))
+        return counts
+
+
+def _finish(
+    length: int, trained: int, record: Record, context_length: int | None, task_type: str
+) -> Counted | DataError:
+    """The count, or the error ``render`` gives when no trained token is left."""
+    if trained:
+        return Counted(length, int(trained))
+    field = "messages" if task_type == CHAT else "response"
+    if context_length is not None and length > context_length:
+        return DataError(
+            f"no trained token is left after truncating to {context_length} tokens",
+            source=record.source,
+            line=record.line,
+            field=field,
+            fix="raise context_length or shorten the text before the first trained part",
+        )
+    return DataError(
+        "this example has no token to train on",
+        source=record.source,
+        line=record.line,
+        field=field,
+        fix="give it a non-empty assistant message or response",
+    )
+
+
+def _same(fast: Counted | DataError, exact: Counted | DataError) -> bool:
+    if isinstance(fast, DataError) or isinstance(exact, DataError):
+        return isinstance(fast, DataError) and isinstance(exact, DataError)
+    return fast == exact
 
 
 def _split_turns(
     text: str, messages: list[dict[str, Any]], turn_end: str
-) -> list[tuple[str, bool]]:
-    """Cut the rendered conversation at the assistant turns (content plus end-of-turn marker)."""
+) -> list[tuple[str, bool]] | None:
+    """Cut the rendered conversation into ``(text, trained)`` pieces: each assistant turn's content
+    plus its end-of-turn marker is trained, everything else is not."""
     pieces: list[tuple[str, bool]] = []
     cursor = 0
     for message in messages:
-        content = message["content"]
-        start = text.find(content, cursor) if content else -1
-        if start < 0 and content.strip():
-            content = content.strip()
-            start = text.find(content, cursor)
-        if start < 0:
+        if message["role"] != "assistant":
             continue
+        content = message["content"].strip()
+        start = text.find(content, cursor)
+        if start < 0:
+            return None
         end = start + len(content)
-        if message["role"] == "assistant":
-            if turn_end and text.startswith(turn_end, end):
-                end += len(turn_end)
-            pieces.append((text[cursor:start], False))
-            pieces.append((text[start:end], True))
-            cursor = end
+        if turn_end and text.startswith(turn_end, end):
+            end += len(turn_end)
+        pieces += [(text[cursor:start], False), (text[start:end], True)]
+        cursor = end
     pieces.append((text[cursor:], False))
-    return [(t, trained) for t, trained in pieces if t]
+    return [(piece, trained) for piece, trained in pieces if piece]
 
 
-def _tally_segments(pieces: list[tuple[int, bool]], context_length: int | None) -> Counted:
+def _tally_pieces(pieces: list[tuple[int, bool]], context_length: int | None) -> tuple[int, int]:
+    """Total length, and trained tokens within the first ``context_length`` tokens."""
+    total = sum(length for length, _ in pieces)
+    limit = total if context_length is None else context_length
     position = trained = 0
-    limit = context_length or position + sum(length for length, _ in pieces)
     for length, is_trained in pieces:
         if is_trained:
             trained += max(0, min(position + length, limit) - min(position, limit))
         position += length
-    return Counted(position, int(trained))
+    return total, trained
+
+
+def _template_problem(tokenizer: Any) -> DataError | None:
+    if getattr(tokenizer, "chat_template", None):
+        return None
+    return DataError(
+        "the model's tokenizer has no chat template",
+        source="config",
+        field="model",
+        fix="use an instruct/chat model, or task_type INSTRUCTION_FINETUNE with prompt/response "
+        "records",
+    )
 
 
 def _turn_end(tokenizer: Any) -> str:
-    """The special token the template puts right after an assistant message (``<|eot_id|>``,
-    ``<|im_end|>``): it is trained, so the model learns to stop."""
+    """The text the template puts right after an assistant message, up to and including its first
+    special token (``<|eot_id|>``, ``<|im_end|>``): it is trained, so the model learns to stop."""
     probe = "Ftmagic probe answer"
     try:
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}],
             tokenize=False,
         )
-    except Exception:  # no template, or one that needs more; counting falls back to render
+    except Exception:  # a template that needs more; the spot check then falls back to render
         return ""
-    after = text[text.find(probe) + len(probe) :]
-    specials = sorted(set(tokenizer.get_added_vocab()) | {tokenizer.eos_token or ""}, key=len)
-    for size in range(1, len(after) + 1):
-        if any(after[:size].endswith(s) for s in specials if s):
-            return after[:size]
-    return ""
+    after = str(text)[str(text).find(probe) + len(probe) :]
+    specials = set(tokenizer.get_added_vocab()) | set(tokenizer.all_special_tokens)
+    ends = [after.find(s) + len(s) for s in specials if s and after.find(s) >= 0]
+    return after[: min(ends)] if ends else after
 
 
-def _leading_specials(tokenizer: Any) -> str:
-    """The text of what the tokenizer puts first by itself (the BOS of Llama-style tokenizers)."""
-    ids = tokenizer("")["input_ids"]
-    return "".join(tokenizer.convert_ids_to_tokens(ids)) if ids else ""
+def _adds_eos(tokenizer: Any) -> bool:
+    ids = tokenizer("x", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[-1] == tokenizer.eos_token_id
 
 
 # --- model, run size and advice ---------------------------------------------------------------
