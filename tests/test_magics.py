@@ -209,3 +209,32 @@ def test_ft_models_panel_and_errors(ipshell: TestingShell) -> None:
     assert out.error_in_exec is None and "no-such-run" in out.text
     with pytest.raises(UsageError, match="unknown %ft command"):
         ipshell.run_cell("%ft bogus")
+
+
+def test_notebook_trains_in_a_real_kernel(ui_env: dict[str, Any]) -> None:
+    """The magic in a real kernel run by nbclient: the cell shows the live view (a widget view)
+    and, with --wait, the final status; the next cell reads the run stored with -o."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    body = cell_body(fast_fields(ui_env, training_duration="2ba", checkpoint_interval="2ba"))
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("%load_ext ftmagic"),
+        nbformat.v4.new_code_cell("%%finetune -o nb_run --wait\n" + body),
+        nbformat.v4.new_code_cell("print(nb_run.status, nb_run.progress['step'])"),
+    ]
+    NotebookClient(
+        notebook,
+        timeout=240,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(ui_env["root"])}},
+    ).execute()
+    train_outputs = notebook.cells[1].outputs
+    views = [
+        o for o in train_outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
+    assert len(views) == 1
+    printed = "".join(o.get("text", "") for o in train_outputs if o.output_type == "stream")
+    assert "COMPLETED" in printed
+    assert notebook.cells[2].outputs[0].text.strip() == "COMPLETED 2"

@@ -109,7 +109,11 @@ class FinetuneMagics(Magics):
         view = LiveView(run, refresh_interval=self.refresh_interval)
         display(view)
         if wait or self.wait:
-            run.wait()
+            try:
+                run.wait()
+            except KeyboardInterrupt:  # stop waiting, not training: the run goes on
+                print(f"stopped waiting; run {run.name} goes on (%ft cancel {run.run_id} stops it)")
+                return run
             view.join()
             print(f"run {run.name} ({run.run_id}): {status_name(run.status)}")
         return run
