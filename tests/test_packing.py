@@ -119,7 +119,8 @@ def test_collate_rejects_overfull_row() -> None:
 
 def conversations(n: int) -> list[dict[str, Any]]:
     rng = random.Random(3)
-    words = ["the", "model", "reads", "a", "long", "report", "and", "answers", "every", "question", "with", "care"]
+    words = ["the", "model", "reads", "a", "long", "report", "and", "answers", "every"]
+    words += ["question", "with", "care"]
     out = []
     for i in range(n):
         messages = [{"role": "system", "content": "Be brief."}] if i % 3 == 0 else []
