@@ -640,15 +640,19 @@ def _load_model(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", catalog.RetiredModelWarning)
             entry = catalog.resolve_model(config.model)
-        for warning in caught:
-            if issubclass(warning.category, catalog.RetiredModelWarning):
-                advice.append(str(warning.message))
-        if entry.kind == "unlisted":
-            notes.append(entry.note)
-        return entry, catalog.load_tokenizer(config.model)
     except FtmagicError as err:
         errors.append(DataError(str(err), source="config", field="model"))
         return None, None
+    for warning in caught:
+        if issubclass(warning.category, catalog.RetiredModelWarning):
+            advice.append(str(warning.message))
+    if entry.kind == "unlisted":
+        notes.append(entry.note)
+    try:
+        return entry, catalog.load_tokenizer(config.model)
+    except FtmagicError as err:
+        errors.append(DataError(str(err), source="config", field="model"))
+        return entry, None
 
 
 def _size_run(report: ValidationReport, config: RunConfig, entry: Any, errors: ErrorLog) -> None:
