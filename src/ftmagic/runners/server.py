@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from ftmagic.errors import FtmagicError
 
@@ -151,9 +152,10 @@ def serve(
             f"(export MLFLOW_TRACKING_URI={url}) or choose another --port"
         )
     process = subprocess.Popen(server_command(host, port, folder), start_new_session=True)
-    with _stop_on_signals(process):
+    stopping = _StopOnSignals(process)
+    with stopping:
         if not wait_healthy(url, process, READY_TIMEOUT_S):
-            _stop(process)
+            stopping.stop()
             raise FtmagicError(
                 f"ftmagic server: mlflow server did not become ready at {url} (exit code "
                 f"{process.returncode}). Fix: check that port {port} is free and the store "
@@ -161,37 +163,55 @@ def serve(
             )
         say(f"ftmagic server: MLflow at {url} (store {folder})")
         say(f"  export MLFLOW_TRACKING_URI={url}")
-        code = process.wait()
+        code = stopping.wait()
     return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
 
 
-@contextlib.contextmanager
-def _stop_on_signals(process: subprocess.Popen[bytes]):  # type: ignore[no-untyped-def]
-    """SIGINT/SIGTERM stop the server's whole process group (uvicorn runs workers)."""
+class _StopOnSignals:
+    """SIGINT/SIGTERM stop the server's whole process group (uvicorn runs workers).
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        _stop(process)
+    The handler only sends the signal: waiting inside a handler would deadlock with the
+    ``Popen.wait`` it interrupted. ``wait`` escalates to SIGKILL after ``STOP_TIMEOUT_S``.
+    """
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        _stop(process)
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.signalled_at: float | None = None
+        self._previous: dict[int, Any] = {}
 
+    def __enter__(self) -> _StopOnSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self.stop()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, sig: int) -> None:
+        if self.signalled_at is None:
+            self.signalled_at = time.monotonic()
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+            os.killpg(self.process.pid, sig)
+
+    def wait(self) -> int:
+        """The server's exit code, killing it if it ignores SIGTERM for ``STOP_TIMEOUT_S``."""
+        while True:
+            try:
+                return self.process.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                late = self.signalled_at and time.monotonic() - self.signalled_at > STOP_TIMEOUT_S
+                if late:
+                    self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self._signal(signal.SIGTERM)
+            self.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
