@@ -131,7 +131,7 @@ def test_cancel_request_and_resume_clears_it(uri: str) -> None:
     store.request_cancel(run_id, uri=uri)
     assert store.cancel_requested(run_id, uri=uri)
     store.set_status(run_id, "STOPPED", "cancelled", uri=uri)
-    store.set_status(run_id, "RUNNING", "resumed", uri=uri)
+    store.set_status(run_id, "PENDING", "resuming", uri=uri)
     assert not store.cancel_requested(run_id, uri=uri)
     store.heartbeat(run_id, uri=uri)
     beat = float(MlflowClient(tracking_uri=uri).get_run(run_id).data.tags["ftmagic.heartbeat"])
@@ -192,8 +192,6 @@ def test_checkpoint_protocol_lists_only_complete_checkpoints(uri: str, tmp_path:
     assert json.loads((first / "config.json").read_text()) == {"step": 10}
     with pytest.raises(RunError, match="no complete checkpoint at step 30; it has 10, 20"):
         store.download_checkpoint(run_id, 30, uri=uri)
-    events = store.parse_events(MlflowClient(tracking_uri=uri).get_run(run_id).data.tags)
-    assert [e.step for e in events if e.type == "CHECKPOINT"] == [10, 20]
 
 
 def test_commit_refuses_a_folder_that_already_has_a_marker(uri: str, tmp_path: Path) -> None:

@@ -244,7 +244,7 @@ def set_status(
     previous = mlflow_client.get_run(run_id).data.tags.get(STATUS_TAG)
     tags = [RunTag(STATUS_TAG, status), RunTag(REASON_TAG, shorten(reason or "", 4000))]
     mlflow_client.log_batch(run_id, tags=tags)
-    if status == "RUNNING" and previous in TERMINAL:
+    if status not in TERMINAL and previous in TERMINAL:
         clear_cancel(run_id, uri=uri)  # a resumed run must not stop on the old request
     add_event(run_id, status, reason or f"run is {status.lower()}", uri=uri)
     if status in TERMINAL:
@@ -492,9 +492,7 @@ def commit_checkpoint(
     now = datetime.now(timezone.utc)
     marker = {**meta, "step": step, "time": now.isoformat(), "files": files}
     mlflow_client.log_text(run_id, json.dumps(marker, indent=1), f"{dest}/{COMPLETE}")
-    checkpoint = _checkpoint_from_marker(run_id, marker)
-    add_event(run_id, "CHECKPOINT", f"checkpoint at step {step} committed", step=step, uri=uri)
-    return checkpoint
+    return _checkpoint_from_marker(run_id, marker)
 
 
 def _file_sizes(folder: Path) -> dict[str, int]:
