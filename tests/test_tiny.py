@@ -68,6 +68,7 @@ def test_tiny_chat_loads_with_auto_classes() -> None:
     assert ids.count(tokenizer.convert_tokens_to_ids("<|eot_id|>")) == 3
     assert tokenizer.eos_token == "<|eot_id|>"
     assert tokenizer("hello")["input_ids"][0] == tokenizer.bos_token_id
+    assert model_path("tiny-chat") == path  # the short display name works too
 
 
 def test_tiny_chatml_template_and_generation() -> None:
@@ -107,7 +108,7 @@ def _build_in_child(cache: str) -> str:
 
 
 def test_concurrent_first_use_is_safe(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as pool:
         hashes = pool.map(_build_in_child, [str(tmp_path)] * 2)
     assert hashes[0] == hashes[1]

@@ -296,8 +296,9 @@ def _unknown_message(name: str) -> str:
 
 def model_path(name: str) -> str:
     """Where to load ``name`` from: the built tiny model's folder, else the name itself."""
-    if is_tiny(name):
-        return str(ensure_tiny_model(name))
+    entry = find_entry(name) if isinstance(name, str) else None
+    if entry is not None and is_tiny(entry.name):
+        return str(ensure_tiny_model(entry.name))
     return name
 
 
