@@ -294,6 +294,8 @@ def _end_of_turn(turn: str, content_end: int, specials: list[str]) -> int:
 
 
 def _common_prefix(a: str, b: str) -> str:
+    if b.startswith(a):
+        return a
     n = 0
     limit = min(len(a), len(b))
     while n < limit and a[n] == b[n]:
