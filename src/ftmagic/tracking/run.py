@@ -268,7 +268,7 @@ class Run:
         key = ("step", step) if step is not None else ("final", self.registered_model)
         if self._model is None or self._model[0] != key:
             path = self._weights_dir(step)
-            self._model = (key, *_load_model_and_tokenizer(path, self.config.model))
+            self._model = (key, *_load_model_and_tokenizer(path))
         return self._model[1], self._model[2]
 
     def _weights_dir(self, step: int | None) -> Path:
@@ -330,12 +330,10 @@ def _param_value(text: str) -> Any:
         return text
 
 
-def _load_model_and_tokenizer(path: Path, base_model: str) -> tuple[Any, Any]:
-    from ftmagic.catalog import load_model, load_tokenizer
+def _load_model_and_tokenizer(path: Path) -> tuple[Any, Any]:
+    from ftmagic.train.generation import load_for_inference
 
-    has_tokenizer = (path / "tokenizer_config.json").exists()
-    tokenizer = load_tokenizer(str(path) if has_tokenizer else base_model)
-    return load_model(str(path)), tokenizer
+    return load_for_inference(path)  # type: ignore[no-any-return]
 
 
 # --- finding runs ----------------------------------------------------------------------------

@@ -613,11 +613,13 @@ def resolve_weights(custom_weights_path: str, *, uri: str | None = None) -> Path
     if text.startswith("models:/"):
         return _or_not_found(text, lambda: download_registered_model(text, uri=uri))
     path = Path(text).expanduser()
-    if path.is_dir() and any((path / f).exists() for f in ("config.json", "adapter_config.json")):
+    weights = ("config.json", "adapter_config.json")
+    if any((folder / f).exists() for folder in (path, path / "model") for f in weights):
         return path.resolve()
     raise RunError(
         f"custom_weights_path '{text}': not found. It must be a checkpoint folder holding "
-        "config.json, 'runs:/RUN_ID' or 'models:/name/version'. Fix: check the path or the URI."
+        "config.json (or model/config.json), 'runs:/RUN_ID' or 'models:/name/version'. "
+        "Fix: check the path or the URI."
     )
 
 

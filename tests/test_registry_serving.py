@@ -1,0 +1,158 @@
+"""Registration in the real SQLite model registry, loading a registered model back, and serving it
+with ``mlflow models serve`` over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from fixtures_tracking import VENV_BIN, free_port, make_config, server_env, stop, wait_http
+from ftmagic.tracking import store
+from ftmagic.tracking.run import get_run
+
+pytestmark = pytest.mark.slow
+PROMPT = "Who are you?"
+
+
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('registry') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in tiny chat model, saved as a trainer saves its final model."""
+    from ftmagic.catalog import load_model, load_tokenizer
+
+    out = tmp_path_factory.mktemp("final-model")
+    load_model("ftmagic/tiny-chat").save_pretrained(out)
+    load_tokenizer("ftmagic/tiny-chat").save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def registered(uri: str, model_dir: Path) -> dict[str, str]:
+    """Three runs registered: two under one explicit name, one named after its run."""
+    import mlflow
+
+    global_uri = mlflow.get_tracking_uri()
+    refs = {}
+    for key, register_to in (
+        ("a", "main.default.tiny_ner"),
+        ("b", "main.default.tiny_ner"),
+        ("c", "main.default"),
+    ):
+        config = make_config(register_to=register_to, experiment_path="registry")
+        run_id = store.create_run(config, backend="inkernel", uri=uri)
+        store.set_status(run_id, "RUNNING", uri=uri)
+        name = get_run(run_id, uri=uri).name
+        refs[key] = run_id
+        refs[f"{key}_name"] = name
+        refs[f"{key}_ref"] = store.register_model(run_id, model_dir, register_to, name, uri=uri)
+    # mlflow's global state is as it was: the user's own mlflow calls are unaffected
+    assert mlflow.get_tracking_uri() == global_uri
+    assert mlflow.active_run() is None
+    return refs
+
+
+def test_each_run_adds_a_version_and_names_follow_register_to(
+    uri: str, registered: dict[str, str]
+) -> None:
+    assert registered["a_ref"] == "models:/main.default.tiny_ner/1"
+    assert registered["b_ref"] == "models:/main.default.tiny_ner/2"
+    derived = "main.default." + registered["c_name"].replace("-", "_")
+    assert registered["c_ref"] == f"models:/{derived}/1"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = client.search_model_versions("name = 'main.default.tiny_ner'")
+    assert sorted((int(v.version), v.run_id) for v in versions) == [
+        (1, registered["a"]),
+        (2, registered["b"]),
+    ]
+    run = get_run(registered["b"], uri=uri)
+    assert run.registered_model == "models:/main.default.tiny_ner/2"
+    assert run.recorded_status == "RUNNING"  # logging the model did not end the run
+    assert client.get_run(registered["b"]).info.status == "RUNNING"
+    assert [e.message for e in run.events if e.type == "REGISTERED"] == [
+        "registered models:/main.default.tiny_ner/2"
+    ]
+
+
+def test_registered_model_loads_back_with_the_same_weights(
+    uri: str,
+    registered: dict[str, str],
+    model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from ftmagic.catalog import load_model
+    from ftmagic.train.generation import generate, load_for_inference
+
+    monkeypatch.setenv("FTMAGIC_CACHE", str(tmp_path / "cache"))
+    folder = store.resolve_weights("models:/main.default.tiny_ner/2", uri=uri)
+    assert folder.is_relative_to(tmp_path / "cache")
+    assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
+    loaded, original = load_model(str(folder)), load_model(str(model_dir))
+    for (name, got), (_, want) in zip(
+        loaded.state_dict().items(), original.state_dict().items(), strict=True
+    ):
+        assert torch.equal(got, want), name
+    # Run.generate uses the registered model and answers like the original model
+    model, tokenizer = load_for_inference(model_dir)
+    expected = generate(model, tokenizer, PROMPT, max_new_tokens=8)
+    run = get_run(registered["b"], uri=uri)
+    assert run.generate(PROMPT, max_new_tokens=8) == expected
+    assert isinstance(expected, str) and expected
+
+
+def test_generate_from_a_checkpoint(uri: str, model_dir: Path) -> None:
+    import shutil
+
+    from ftmagic.train.generation import generate, load_for_inference
+
+    run_id = store.create_run(make_config(experiment_path="registry"), backend="inkernel", uri=uri)
+    folder = store.checkpoint_dir(run_id, 7, uri=uri)
+    shutil.copytree(model_dir, folder / "model")
+    store.commit_checkpoint(run_id, folder, 7, {"tokens": 70}, uri=uri)
+    run = get_run(run_id, uri=uri)
+    model, tokenizer = load_for_inference(model_dir)
+    expected = generate(model, tokenizer, [{"role": "user", "content": PROMPT}], max_new_tokens=6)
+    messages = [{"role": "user", "content": PROMPT}]
+    assert run.generate(messages, max_new_tokens=6) == expected
+    assert run.generate(messages, max_new_tokens=6, checkpoint=run.checkpoints[0]) == expected
+
+
+def test_served_model_answers_over_http(
+    uri: str, registered: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {**server_env(), "MLFLOW_TRACKING_URI": uri}
+    command = [
+        str(VENV_BIN / "mlflow"), "models", "serve", "-m", "models:/main.default.tiny_ner/1",
+        "--host", "127.0.0.1", "-p", str(port), "--env-manager", "local",
+    ]  # fmt: skip
+    with open(tmp_path / "serve.log", "wb") as log:
+        server = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", server, timeout=120)
+        body = json.dumps({"inputs": [PROMPT], "params": {"max_new_tokens": 8}}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    finally:
+        stop(server)
+    predictions = answer["predictions"]
+    assert len(predictions) == 1
+    assert isinstance(predictions[0], str) and predictions[0].strip()
