@@ -113,3 +113,16 @@ def test_concurrent_first_use_is_safe(tmp_path: Path) -> None:
         hashes = pool.map(_build_in_child, [str(tmp_path)] * 2)
     assert hashes[0] == hashes[1]
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-chatml-v1"]
+
+
+def test_spec_and_corpus_fingerprint_matches_version() -> None:
+    """Built models are cached by name and VERSION only: changing the corpus or a spec without
+    bumping ``ftmagic.tiny.VERSION`` would leave stale models in users' caches."""
+    from ftmagic.tiny import VERSION, corpus_text
+
+    text = corpus_text() + repr(sorted(TINY_MODELS.items()))
+    fingerprint = hashlib.sha256(text.encode()).hexdigest()
+    assert (VERSION, fingerprint) == (
+        "v1",
+        "488a3bedb5e62272c14807275083a25298496dd5584355826e4b0209602ef78b",
+    ), "the tiny models changed: bump ftmagic.tiny.VERSION and update this fingerprint"
