@@ -237,7 +237,10 @@ def run_trl(data: Path, steps: int, warmup: int, *, packing: bool) -> dict[str, 
 
 def labels_of(example: Any) -> list[int]:
     """Hugging Face labels: the token where trained, -100 elsewhere and on the first token."""
-    labels = [t if trained else -100 for t, trained in zip(example.input_ids, example.trained, strict=True)]
+    labels = [
+        t if trained else -100
+        for t, trained in zip(example.input_ids, example.trained, strict=True)
+    ]
     return [-100, *labels[1:]]
 
 

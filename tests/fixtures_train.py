@@ -25,11 +25,10 @@ def write_slice(source: Path, target: Path, count: int, start: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def train_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A SQLite MLflow store, a checkpoint folder and NER data shared by one test module."""
+    """A SQLite MLflow store (artifacts next to it) and NER data shared by one test module."""
     root = tmp_path_factory.mktemp("train-env")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.setenv("FTMAGIC_CHECKPOINT_DIR", str(root / "checkpoints"))
         mp.chdir(root)
         yield {
             "root": root,
@@ -46,8 +45,8 @@ def fast_config(env: dict[str, Any], **changes: Any) -> RunConfig:
         "train_data_path": str(env["train"]),
         "training_duration": "6ba",
         "checkpoint_interval": "100ba",
-        "tokens_per_batch": 768,
-        "micro_batch_tokens": 768,
+        "tokens_per_batch": 512,
+        "micro_batch_tokens": 512,
         "learning_rate": 2e-3,
         "warmup_steps": 1,
         "validate_inputs": False,
@@ -72,3 +71,10 @@ def event_types(run_id: str) -> list[str]:
     tags = mlflow.MlflowClient().get_run(run_id).data.tags
     events = [json.loads(v) for k, v in sorted(tags.items()) if k.startswith("ftmagic.event.")]
     return [e["type"] for e in events]
+
+
+def status_of(run_id: str) -> str:
+    """The run's ftmagic status tag."""
+    import mlflow
+
+    return str(mlflow.MlflowClient().get_run(run_id).data.tags.get("ftmagic.status", ""))

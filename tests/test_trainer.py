@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,7 +61,9 @@ def one_step(session: trainer.Session) -> float:
 
 def test_gradient_accumulation_matches_one_big_batch(train_env: dict[str, Any]) -> None:
     """One step as one forward pass or as several micro-batches: the same gradient and update."""
-    whole = fast_config(train_env, tokens_per_batch=2048, micro_batch_tokens=4096, pack_length=256)
+    whole = fast_config(
+        train_env, tokens_per_batch=2048, micro_batch_tokens=4096, pack_length=256, warmup_steps=0
+    )
     split = whole.replace(micro_batch_tokens=512)
     data = prepared(whole)
     sessions = [session_for(c, data) for c in (whole, split)]
@@ -82,7 +83,7 @@ def test_gradient_accumulation_matches_one_big_batch(train_env: dict[str, Any]) 
     moved = 0.0
     for name, start in before.items():
         torch.testing.assert_close(after[0][name], after[1][name], rtol=0, atol=1e-5)
-        moved = max(moved, float((after[0][name] - start).abs().max()))
+        moved = max(moved, float((after[0][name].detach() - start).abs().max()))
     assert moved > 1e-3  # the step really moved the weights (lr 2e-3)
 
 
@@ -162,17 +163,17 @@ def test_durations_are_exact(train_env: dict[str, Any]) -> None:
 
 def test_run_trains_exact_steps_and_loss_drops(train_env: dict[str, Any]) -> None:
     """A real run through MLflow: exactly Nba steps, loss down, weights moved, events in order."""
-    config = fast_config(train_env, training_duration="20ba", checkpoint_interval="10ba")
+    config = fast_config(train_env, training_duration="12ba", checkpoint_interval="6ba")
     run_id = new_run(config)
     result = train(config, run_id)
     assert result.status == "COMPLETED", result.reason
-    assert result.steps == 20 and result.total_steps == 20
+    assert result.steps == 12 and result.total_steps == 12
     losses = losses_of(run_id)
-    assert sorted(losses) == list(range(1, 21))
-    assert losses[20] < 0.8 * losses[1]
+    assert sorted(losses) == list(range(1, 13))
+    assert losses[12] < 0.8 * losses[1]
     from ftmagic.tracking import store
 
-    assert [c.step for c in store.list_checkpoints(run_id)] == [10, 20]
+    assert [c.step for c in store.list_checkpoints(run_id)] == [6, 12]
     types = event_types(run_id)
     assert types.index("MODEL_INITIALIZED") < types.index("TRAIN_STARTED")
     assert types.count("CHECKPOINT_SAVED") == 2 and types[-1] == "COMPLETED"
@@ -202,7 +203,7 @@ def test_absurd_learning_rate_fails_with_step_and_advice(train_env: dict[str, An
         learning_rate=1.0,
         max_grad_norm=0.0,
         warmup_steps=0,
-        training_duration="30ba",
+        training_duration="12ba",
         checkpoint_interval="1ba",
     )
     run_id = new_run(config)
@@ -214,7 +215,7 @@ def test_absurd_learning_rate_fails_with_step_and_advice(train_env: dict[str, An
     from ftmagic.tracking import store
 
     steps = [c.step for c in store.list_checkpoints(run_id)]
-    assert steps == list(range(1, failed_step))
+    assert steps == list(range(1, failed_step)) and failed_step <= 3
     run = store_status(run_id)
     assert run == ("FAILED", result.reason)
 
@@ -253,28 +254,25 @@ def test_bad_register_to_fails_before_training(train_env: dict[str, Any]) -> Non
     assert "TRAIN_STARTED" not in event_types(run_id)
 
 
-def test_unwritable_checkpoint_folder_keeps_earlier_checkpoints(
-    train_env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The run's checkpoint folder turns into a file after the first checkpoint (root ignores
+def test_unwritable_checkpoint_folder_keeps_earlier_checkpoints(train_env: dict[str, Any]) -> None:
+    """The second checkpoint's folder cannot be made (a file is in the way; root ignores
     permissions): the run fails naming the folder, and the first checkpoint stays usable."""
-    monkeypatch.setenv("FTMAGIC_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
-    config = fast_config(train_env, training_duration="4ba", checkpoint_interval="2ba")
-    run_id = new_run(config)
-
-    def break_folder(report: trainer.StepReport) -> None:
-        if report.step == 3:
-            (tmp_path / "ckpt" / run_id).rmdir()
-            (tmp_path / "ckpt" / run_id).write_text("not a folder")
-
-    result = train(config, run_id, progress=break_folder)
-    assert result.status == "FAILED"
-    assert str(tmp_path / "ckpt" / run_id) in str(result.reason)
-    assert "earlier checkpoints are intact" in str(result.reason)
     from ftmagic.tracking import store
 
+    config = fast_config(train_env, training_duration="4ba", checkpoint_interval="2ba")
+    run_id = new_run(config)
+    blocked = store.local_artifact_dir(store.client(), run_id) / "checkpoints" / "step-0000004"
+
+    def block_folder(report: trainer.StepReport) -> None:
+        if report.step == 3:
+            blocked.write_text("in the way")
+
+    result = train(config, run_id, progress=block_folder)
+    assert result.status == "FAILED"
+    assert str(blocked) in str(result.reason)
+    assert "earlier checkpoints are intact" in str(result.reason)
     assert [c.step for c in store.list_checkpoints(run_id)] == [2]
-    assert (store.download_checkpoint(run_id) / "model" / "model.safetensors").exists()
+    assert (store.download_checkpoint(run_id) / "model.safetensors").exists()
 
 
 # --- continuing -----------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 A checkpoint folder holds:
 
-- ``model/``: the weights as safetensors with their config and the tokenizer (the adapter alone,
-  ``adapter_model.safetensors`` + ``adapter_config.json``, for LoRA), so the folder is also a
-  loadable model for ``custom_weights_path`` and ``Run.generate``;
+- the weights as safetensors with their config and the tokenizer, at the top of the folder (the
+  adapter alone, ``adapter_model.safetensors`` + ``adapter_config.json``, for LoRA), so the folder
+  itself loads with ``from_pretrained`` for ``custom_weights_path`` and ``Run.generate``;
 - ``optimizer.pt``, ``scheduler.pt`` and ``rng.pt``: their state dicts (tensors and plain
   values only, read back with ``torch.load(weights_only=True)``);
 - ``trainer_state.json``: the data position (step, epoch, tokens, order seed) and the recent losses;
@@ -12,8 +12,9 @@ A checkpoint folder holds:
 
 The weights are a full (unsharded) state dict gathered on rank 0 and the data position is global,
 so a run can resume with a different number of processes. A folder is written under a temporary
-name and renamed when complete: a half-written checkpoint is never mistaken for a whole one. The
-MLflow commit (``store.commit_checkpoint``) is a second, separate step done by the trainer.
+name and renamed when complete; the MLflow commit (``store.commit_checkpoint``, which writes the
+``COMPLETE`` marker last) is a second step done by the trainer, so a half-written checkpoint is
+never listed or used.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from typing import Any
 
 from ftmagic.errors import RunError
 
-MODEL_DIR = "model"
 STATE_FILE = "trainer_state.json"
 FORMAT_VERSION = 1
 
@@ -68,18 +68,6 @@ class CheckpointContents:
     config_yaml: str
 
 
-def checkpoint_root() -> Path:
-    """Where local checkpoints are written: ``$FTMAGIC_CHECKPOINT_DIR`` or the ftmagic cache."""
-    from ftmagic.tiny import cache_dir
-
-    configured = os.environ.get("FTMAGIC_CHECKPOINT_DIR")
-    return Path(configured) if configured else cache_dir() / "checkpoints"
-
-
-def local_checkpoint_dir(run_id: str, step: int) -> Path:
-    return checkpoint_root() / run_id / f"step-{step:07d}"
-
-
 def write_checkpoint(folder: Path, contents: CheckpointContents) -> Path:
     """Write ``contents`` into ``folder`` atomically (temporary name, then rename).
 
@@ -91,9 +79,9 @@ def write_checkpoint(folder: Path, contents: CheckpointContents) -> Path:
     partial = folder.with_name(folder.name + ".partial")
     try:
         shutil.rmtree(partial, ignore_errors=True)
-        (partial / MODEL_DIR).mkdir(parents=True)
-        contents.model.save_pretrained(partial / MODEL_DIR, state_dict=contents.model_state)
-        contents.tokenizer.save_pretrained(partial / MODEL_DIR)
+        partial.mkdir(parents=True)
+        contents.model.save_pretrained(partial, state_dict=contents.model_state)
+        contents.tokenizer.save_pretrained(partial)
         torch.save(contents.optimizer_state, partial / "optimizer.pt")
         torch.save(contents.scheduler_state, partial / "scheduler.pt")
         torch.save(contents.rng_state, partial / "rng.pt")
@@ -105,8 +93,7 @@ def write_checkpoint(folder: Path, contents: CheckpointContents) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         raise RunError(
             f"cannot write checkpoint folder {folder}: {err.strerror or err}. Fix: make it "
-            "writable or set FTMAGIC_CHECKPOINT_DIR to a folder with space; earlier checkpoints "
-            "are intact"
+            "writable or free some space; earlier checkpoints are intact"
         ) from None
     return folder
 
@@ -130,12 +117,12 @@ def read_torch(folder: Path, name: str) -> Any:
 def model_folder(path: Path) -> Path:
     """The loadable model inside a checkpoint or registered-model folder (or ``path`` itself)."""
     path = Path(path)
-    for candidate in (path / MODEL_DIR, path / "model" / "model", path):
+    for candidate in (path, path / "model"):
         if (candidate / "config.json").exists() or (candidate / "adapter_config.json").exists():
             return candidate
     raise RunError(
         f"{path} holds no model: expected config.json (full weights) or adapter_config.json "
-        "(LoRA) in it or in its model/ folder. Fix: point custom_weights_path at a checkpoint "
+        "(LoRA) in it. Fix: point custom_weights_path at a checkpoint "
         "folder, runs:/RUN_ID or models:/name/version"
     )
 

@@ -106,7 +106,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 def summary(result: Any) -> str:
     """What happened and where to look, for a person at a terminal."""
-    import mlflow
+    from ftmagic.tracking import store
 
     lines = [
         f"run {result.run_id}: {result.status}" + (f" ({result.reason})" if result.reason else "")
@@ -117,9 +117,9 @@ def summary(result: Any) -> str:
     if result.eval_loss is not None:
         lines.append(f"  eval loss    {result.eval_loss:.4f}")
     lines.append(f"  speed        {result.tokens_per_s:,.0f} tokens/s")
-    tracking_uri = mlflow.get_tracking_uri()
+    tracking_uri = store.tracking_uri()
     try:
-        artifact_uri = mlflow.MlflowClient().get_run(result.run_id).info.artifact_uri
+        artifact_uri = store.client().get_run(result.run_id).info.artifact_uri
         lines.append(f"  checkpoints  {artifact_uri}/checkpoints")
     except Exception:
         lines.append(f"  checkpoints  in run {result.run_id} at {tracking_uri}")

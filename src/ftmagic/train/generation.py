@@ -90,11 +90,11 @@ def generate(
 def generate_all(
     model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, chat: bool | None
 ) -> list[dict[str, str]]:
-    """One ``{"prompt", "generation"}`` row per eval prompt."""
+    """One ``{"prompt", "response"}`` row per eval prompt (the store's generations table)."""
     return [
         {
             "prompt": p,
-            "generation": generate(model, tokenizer, p, max_new_tokens=max_new_tokens, chat=chat),
+            "response": generate(model, tokenizer, p, max_new_tokens=max_new_tokens, chat=chat),
         }
         for p in prompts
     ]

@@ -53,7 +53,6 @@ from ftmagic.train.checkpoint import (
     CheckpointContents,
     TrainState,
     capture_rng,
-    local_checkpoint_dir,
     model_folder,
     read_state,
     read_torch,
@@ -73,7 +72,8 @@ HEARTBEAT_SECONDS = 5.0
 CANCEL_POLL_SECONDS = 3.0
 SPIKE_FACTOR = 5.0
 SPIKE_WINDOW = 20
-SPIKE_MIN_HISTORY = 3
+SPIKE_MIN_HISTORY = 1
+SPIKE_MIN_RISE = 1.0  # nats: tiny late-training losses may double without anything wrong
 IGNORE_INDEX = -100
 
 
@@ -359,7 +359,7 @@ def divergence_reason(
         return f"gradient norm became {_nonfinite(grad_norm)} at step {step}: {advice}"
     if step > warmup and len(recent) >= SPIKE_MIN_HISTORY:
         median = statistics.median(recent)
-        if loss > SPIKE_FACTOR * median:
+        if loss > SPIKE_FACTOR * median and loss - median > SPIKE_MIN_RISE:
             return (
                 f"loss spiked to {loss:.4g} at step {step}, over {SPIKE_FACTOR:g}x the recent "
                 f"median {median:.4g}: {advice}, or raise warmup_steps"
@@ -395,6 +395,8 @@ class Reporter:
         return store
 
     def status(self, status: str, reason: str | None = None) -> None:
+        """Set the run's status; the store records it as an event too."""
+        log.info("%s %s%s", self.run_id, status, f": {reason}" if reason else "")
         if self.enabled:
             self.store.set_status(self.run_id, status, reason)
 
@@ -414,8 +416,13 @@ class Reporter:
         if self._metrics is not None:
             self._metrics.flush()
 
+    def total_steps(self, total: int) -> None:
+        if self.enabled:
+            self.store.set_tag(self.run_id, self.store.TOTAL_STEPS_TAG, total)
+
     def tick(self) -> None:
-        """Heartbeat, at most every ``HEARTBEAT_SECONDS``."""
+        """Heartbeat, at most every ``HEARTBEAT_SECONDS`` (also between setup phases, so a slow
+        model load does not look like a dead run)."""
         now = time.monotonic()
         if self.enabled and now - self._last_heartbeat >= HEARTBEAT_SECONDS:
             self._last_heartbeat = now
@@ -505,6 +512,7 @@ def prepare_data(config: RunConfig, reporter: Reporter) -> PreparedData:
         report = validate(config)
         report.raise_if_failed()
         reporter.event("DATA_VALIDATED", _validation_message(report))
+    reporter.tick()
     tokenizer = load_tokenizer(config.model)
     train_examples = load_examples(config, tokenizer, split="train")
     if not train_examples:
@@ -646,7 +654,9 @@ def setup(
     plan = make_plan(data.train, config, data.context_length)
     eval_config = config.replace(training_duration="1ep", seed=config.seed)
     eval_plan = make_plan(data.eval, eval_config, data.context_length) if data.eval else None
+    reporter.tick()
     model = load_weights(config, resume_from)
+    reporter.tick()
     model.config.use_cache = False
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -905,6 +915,7 @@ def save_checkpoint(session: Session) -> None:
     if session.last_checkpoint_step == state.step:
         return
     reporter = session.reporter
+    reporter.tick()
     session.eval_loss = evaluate(session)
     if session.eval_loss is not None:
         reporter.metrics(state.step, {"eval/loss": session.eval_loss})
@@ -943,17 +954,35 @@ def log_generations(session: Session) -> None:
 
 
 def commit_checkpoint(session: Session, contents: CheckpointContents) -> None:
-    """Write locally, commit to MLflow (upload, then the COMPLETE marker), drop the local copy."""
+    """Write the checkpoint where the store wants it, then commit it (the ``COMPLETE`` marker is
+    written last). With a local artifact store that folder *is* the artifact folder, so the
+    weights are written once; a staging folder for a remote store is removed after the upload."""
+    store = session.reporter.store
     step = session.state.step
-    folder = write_checkpoint(local_checkpoint_dir(session.run_id, step), contents)
+    folder = write_checkpoint(checkpoint_folder(session.run_id, step), contents)
     session.reporter.flush()
-    meta = {"step": step, "tokens": session.state.tokens, "loss": session.state.last_loss}
+    meta: dict[str, Any] = {"tokens": session.state.tokens, "loss": session.state.last_loss}
     if session.eval_loss is not None:
         meta["eval_loss"] = session.eval_loss
-    session.reporter.store.commit_checkpoint(session.run_id, folder, step, meta)
-    shutil.rmtree(folder, ignore_errors=True)
+    store.commit_checkpoint(session.run_id, folder, step, meta)
+    if store.local_artifact_dir(store.client(), session.run_id) is None:
+        shutil.rmtree(folder, ignore_errors=True)
     loss_text = f", eval loss {session.eval_loss:.4f}" if session.eval_loss is not None else ""
     session.reporter.event("CHECKPOINT_SAVED", f"checkpoint of step {step}{loss_text}", step=step)
+
+
+def checkpoint_folder(run_id: str, step: int) -> Path:
+    """The store's folder for checkpoint ``step``, as a readable error when it cannot be made."""
+    from ftmagic.tracking import store
+
+    try:
+        return Path(store.checkpoint_dir(run_id, step))
+    except OSError as err:
+        where = err.filename or f"the folder of checkpoint {step}"
+        raise RunError(
+            f"cannot write checkpoint folder {where}: {err.strerror or err}. Fix: make it "
+            "writable or free some space; earlier checkpoints are intact"
+        ) from None
 
 
 # --- phase 5: cleanup ----------------------------------------------------------------------------
@@ -978,9 +1007,7 @@ def register(session: Session) -> str | None:
 
 
 def run_name(session: Session) -> str:
-    import mlflow
-
-    return str(mlflow.MlflowClient().get_run(session.run_id).info.run_name)
+    return str(session.reporter.store.client().get_run(session.run_id).info.run_name)
 
 
 def result_of(session: Session, status: str, reason: str | None = None) -> TrainResult:
@@ -1046,6 +1073,7 @@ def run_session(
     reporter = session.reporter
     start = session.state.step
     where = f"resumed after step {start}" if start else "from step 0"
+    reporter.total_steps(session.total_steps)
     reporter.event(
         "TRAIN_STARTED",
         f"{session.total_steps} steps ({session.config.training_duration}), {where}",
@@ -1054,7 +1082,6 @@ def run_session(
     stopped = train_loop(session, stop_event, progress)
     if stopped:
         reason = f"stopped on request after step {session.state.step}"
-        reporter.event("STOPPED", reason, step=session.state.step)
         reporter.status("STOPPED", reason)
         return result_of(session, "STOPPED", reason)
     save_checkpoint(session)
@@ -1068,8 +1095,7 @@ def run_session(
         if session.state.last_loss is not None
         else "done"
     )
-    reporter.event("COMPLETED", final + registered, step=session.state.step)
-    reporter.status("COMPLETED")
+    reporter.status("COMPLETED", final + registered)
     return result
 
 
@@ -1077,7 +1103,6 @@ def fail(run_id: str, reporter: Reporter, session: Session | None, reason: str) 
     """Record a failure in MLflow (best effort: a broken store must not hide the first error)."""
     try:
         reporter.flush()
-        reporter.event("FAILED", reason, step=session.state.step if session else None)
         reporter.status("FAILED", reason)
     except Exception:
         log.exception("could not record the failure of run %s", run_id)
