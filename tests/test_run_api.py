@@ -135,6 +135,26 @@ def test_metrics_keep_the_latest_value_of_a_repeated_step(uri: str) -> None:
     assert run.metrics(["eval/loss"]) == {"eval/loss": [(2, 2.5)]}
 
 
+def test_polled_metrics_read_new_points_and_survive_reordering(uri: str) -> None:
+    run_id = store.create_run(make_config(), backend="inkernel", uri=uri)
+    run = get_run(run_id, uri=uri)
+    assert run.metrics(["train/loss"]) == {"train/loss": []}
+    with store.MetricsLogger(run_id, uri=uri) as logger:
+        for step in range(1, 4):
+            logger.log(step, {"train/loss": float(step)})
+        logger.flush()
+        assert run.metrics(["train/loss"])["train/loss"] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+        for step in range(4, 6):
+            logger.log(step, {"train/loss": float(step)})
+    assert run.metrics(["train/loss"])["train/loss"] == [(s, float(s)) for s in range(1, 6)]
+    # a point stamped before the others lands first in the store's order
+    MlflowClient(tracking_uri=uri).log_metric(run_id, "train/loss", 0.5, timestamp=1, step=0)
+    assert run.metrics(["train/loss"])["train/loss"] == [(0, 0.5)] + [
+        (s, float(s)) for s in range(1, 6)
+    ]
+    assert get_run(run_id, uri=uri).metrics() == run.metrics()
+
+
 def test_progress_from_metrics_and_tags(uri: str) -> None:
     run_id = store.create_run(make_config(), backend="inkernel", uri=uri)
     run = get_run(run_id, uri=uri)

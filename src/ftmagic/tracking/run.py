@@ -34,6 +34,7 @@ HEARTBEAT_TIMEOUT_S = 120.0
 
 FTMAGIC_RUNS = "tags.`ftmagic.status` LIKE '%'"
 TRAIN_STEP_METRICS = ("train/loss", "train/tokens", "train/lr")
+HISTORY_PAGE = 25_000
 
 
 class Run:
@@ -51,6 +52,7 @@ class Run:
         self._config: RunConfig | None = None
         self._model: tuple[Any, Any, Any] | None = None  # (weights key, model, tokenizer)
         self._snapshot: dict[str, Any] = {}
+        self._histories: dict[str, list[tuple[int, int, float]]] = {}
 
     @classmethod
     def from_mlflow(
@@ -227,18 +229,33 @@ class Run:
     # --- live reads -------------------------------------------------------------------------
     def metrics(self, names: list[str] | None = None) -> dict[str, list[tuple[int, float]]]:
         """Each metric's history as ``[(step, value), ...]`` by step; a step logged twice (a
-        resumed run) keeps its latest value."""
+        resumed run) keeps its latest value.
+
+        Histories are read incrementally (only points added since the last call on this Run),
+        so a live view can poll this twice a second on a long run.
+        """
         mlflow_client = store.client(self.tracking_uri)
         if names is None:
             names = sorted(mlflow_client.get_run(self.run_id).data.metrics)
         out = {}
         for name in names:
-            history = sorted(
-                mlflow_client.get_metric_history(self.run_id, name),
-                key=lambda m: (m.step, m.timestamp),
-            )
-            out[name] = sorted({int(m.step): float(m.value) for m in history}.items())
+            points = sorted(self._history(mlflow_client, name), key=lambda p: (p[1], p[0]))
+            out[name] = sorted({step: value for _, step, value in points}.items())
         return out
+
+    def _history(self, mlflow_client: Any, name: str) -> list[tuple[int, int, float]]:
+        """``(timestamp, step, value)`` in the store's order, fetching only the new tail; the
+        last cached point is fetched again to check that nothing shifted before it."""
+        cached = self._histories.get(name, [])
+        tail = _history_from(mlflow_client, self.run_id, name, max(0, len(cached) - 1))
+        if cached and tail[:1] == cached[-1:]:
+            history = cached + tail[1:]
+        elif cached:
+            history = _history_from(mlflow_client, self.run_id, name, 0)
+        else:
+            history = tail
+        self._histories[name] = history
+        return history
 
     @property
     def checkpoints(self) -> list[Checkpoint]:
@@ -280,6 +297,7 @@ class Run:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_model"] = None
+        state["_histories"] = {}
         return state
 
     def __repr__(self) -> str:
@@ -309,6 +327,25 @@ class Run:
             for k, v in rows
         )
         return f"<div><b>ftmagic run {html.escape(self.name)}</b><table>{body}</table></div>"
+
+
+def _history_from(
+    mlflow_client: Any, run_id: str, name: str, offset: int
+) -> list[tuple[int, int, float]]:
+    """A metric's points from ``offset`` on, in the store's (timestamp, step, value) order."""
+    from mlflow.utils.search_utils import SearchUtils
+
+    tracking_store = mlflow_client._tracking_client.store
+    token = SearchUtils.create_page_token(offset) if offset else None
+    points: list[tuple[int, int, float]] = []
+    while True:
+        page = tracking_store.get_metric_history(
+            run_id, name, max_results=HISTORY_PAGE, page_token=token
+        )
+        points.extend((int(m.timestamp), int(m.step), float(m.value)) for m in page)
+        token = page.token
+        if not token:
+            return points
 
 
 def _duration(seconds: float | None) -> str:
