@@ -18,6 +18,7 @@ import json
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "ftmagic" / "resources"
 SEED = 2024
@@ -231,7 +232,35 @@ def syllable(rng: random.Random) -> str:
     return rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS)
 
 
-def invented_drugs(rng: random.Random, count: int, taken: set[str]) -> list[str]:
+def tiny_tokenizer() -> Any:
+    """The tokenizer of the default model ``ftmagic/tiny-chat`` (built on first use)."""
+    from transformers import AutoTokenizer
+
+    from ftmagic.tiny import ensure_tiny_model
+
+    return AutoTokenizer.from_pretrained(str(ensure_tiny_model("ftmagic/tiny-chat")))
+
+
+def copy_friendly(tokenizer: Any) -> Callable[[str], bool]:
+    """Whether a name splits into the same tokens after a space (in the sentence) as after a
+    quote (in the JSON answer), the leading space aside.
+
+    Byte-level BPE often splits a word differently in the two places (``Ġmo s le`` vs ``m os le``);
+    a large model has learned that both spell the same word, but a random-init tiny model would have
+    to learn it per token before it can copy. Keeping only names that split the same way lets the
+    tiny model learn the task itself in minutes; real models do not care.
+    """
+
+    def keep(name: str) -> bool:
+        spaced, bare = tokenizer.tokenize(" " + name), tokenizer.tokenize(name)
+        return len(spaced) == len(bare) and spaced[1:] == bare[1:]
+
+    return keep
+
+
+def invented_drugs(
+    rng: random.Random, count: int, taken: set[str], keep: Callable[[str], bool]
+) -> list[str]:
     """``count`` new drug-like names such as ``bravostatin``, none of them in ``taken``."""
     names: list[str] = []
     while len(names) < count:
@@ -242,15 +271,16 @@ def invented_drugs(rng: random.Random, count: int, taken: set[str]) -> list[str]
         name = stem + suffix
         if len(name) >= 6 and name not in taken:
             taken.add(name)
-            names.append(name)
+            if keep(name):
+                names.append(name)
     return names
 
 
-def drug_splits(rng: random.Random) -> dict[str, list[str]]:
+def drug_splits(rng: random.Random, keep: Callable[[str], bool]) -> dict[str, list[str]]:
     """Disjoint drug vocabularies for train, eval and test (real and invented names in each)."""
-    real = sorted(set(REAL_DRUGS))
+    real = sorted(name for name in set(REAL_DRUGS) if keep(name))
     rng.shuffle(real)
-    invented = invented_drugs(rng, 1400, set(real))
+    invented = invented_drugs(rng, 1300, set(REAL_DRUGS), keep)
     splits: dict[str, list[str]] = {}
     for names in (real, invented):
         cut_eval, cut_test = int(len(names) * 0.76), int(len(names) * 0.88)
@@ -295,8 +325,8 @@ def ner_record(sentence: str, drugs: list[str]) -> dict[str, object]:
     }
 
 
-def make_ner(rng: random.Random) -> dict[str, list[dict[str, object]]]:
-    vocab = drug_splits(rng)
+def make_ner(rng: random.Random, keep: Callable[[str], bool]) -> dict[str, list[dict[str, object]]]:
+    vocab = drug_splits(rng, keep)
     out: dict[str, list[dict[str, object]]] = {}
     for split, size in NER_SIZES.items():
         seen: set[str] = set()
@@ -393,7 +423,7 @@ def write_jsonl(path: Path, records: list[dict[str, object]]) -> None:
 def build(out: Path) -> None:
     """Write every bundled dataset under ``out`` (the package's resources folder by default)."""
     rng = random.Random(SEED)
-    for split, records in make_ner(rng).items():
+    for split, records in make_ner(rng, copy_friendly(tiny_tokenizer())).items():
         write_jsonl(out / "ner" / f"{split}.jsonl", records)
     for split, records in make_chat(rng).items():
         write_jsonl(out / "chat" / f"{split}.jsonl", records)
