@@ -99,8 +99,8 @@ def tiny_config(data: Path, **changes: Any) -> RunConfig:
         "train_data_path": str(data),
         "training_duration": "4ba",
         "checkpoint_interval": "2ba",
-        "tokens_per_batch": 512,
-        "micro_batch_tokens": 512,
+        "tokens_per_batch": 256,
+        "micro_batch_tokens": 256,
         "learning_rate": 2e-3,
         "warmup_steps": 1,
         "validate_inputs": False,
@@ -122,3 +122,29 @@ def tags_of(run_id: str, uri: str | None = None) -> dict[str, str]:
     from ftmagic.tracking import store
 
     return dict(store.client(uri).get_run(run_id).data.tags)
+
+
+def kill_started_runs(uri: str | None = None) -> int:
+    """SIGKILL the process group of every detached run in the store that is still alive (tests
+    must never leave trainers behind, pass or fail); returns how many were killed."""
+    from ftmagic.runners import _process
+    from ftmagic.tracking import store
+
+    client = store.client(uri)
+    killed = 0
+    for experiment in client.search_experiments():
+        for run in client.search_runs([experiment.experiment_id], max_results=500):
+            pid = run.data.tags.get(_process.PID_TAG)
+            if pid and _process.is_supervisor_of(int(pid), run.info.run_id):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(pid), signal.SIGKILL)
+                    killed += 1
+    return killed
+
+
+@contextlib.contextmanager
+def reaping(uri: str | None = None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        kill_started_runs(uri)
