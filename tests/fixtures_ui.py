@@ -38,8 +38,13 @@ class TestingShell:
         from ftmagic.ui.magics import FinetuneMagics
 
         self.shell = InteractiveShell.instance()
-        self.magics = FinetuneMagics(self.shell)  # fresh traitlets for every test
+        self.shell.config.pop("FinetuneMagics", None)  # %config of earlier tests is forgotten
+        self.magics = FinetuneMagics(self.shell)
         self.shell.register_magics(self.magics)
+
+    def close(self) -> None:
+        self.shell.configurables.remove(self.magics)
+        self.shell.config.pop("FinetuneMagics", None)
 
     @property
     def user_ns(self) -> dict[str, Any]:
@@ -65,7 +70,7 @@ class TestingShell:
 def ipshell() -> Iterator[TestingShell]:
     shell = TestingShell()
     yield shell
-    shell.shell.configurables.remove(shell.magics)
+    shell.close()
 
 
 def write_slice(source: Path, target: Path, count: int, start: int = 0) -> Path:
@@ -108,7 +113,7 @@ def fast_fields(env: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return fields
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 60.0, every: float = 0.1) -> Any:
+def wait_for(check: Callable[[], Any], timeout: float = 240.0, every: float = 0.1) -> Any:
     """Poll ``check()`` until it returns something truthy (tests must not hang forever)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -31,7 +31,7 @@ def finished_run(ui_env: dict[str, Any]) -> Any:
     shell.run_cell("%config FinetuneMagics.experiment_path = 'from-config'")
     del fields["experiment_path"]
     out = shell.run_cell("%%finetune -o shared_run --wait\n" + cell_body(fields))
-    shell.shell.configurables.remove(shell.magics)
+    shell.close()
     assert out.result is None
     assert "COMPLETED" in out.stdout
     return shell.user_ns["shared_run"]
@@ -231,10 +231,18 @@ def test_notebook_trains_in_a_real_kernel(ui_env: dict[str, Any]) -> None:
         resources={"metadata": {"path": str(ui_env["root"])}},
     ).execute()
     train_outputs = notebook.cells[1].outputs
-    views = [
-        o for o in train_outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
-    ]
+    widget = "application/vnd.jupyter.widget-view+json"
+    shown = [o["data"] for o in train_outputs if widget in o.get("data", {})]
+    views = [d for d in shown if d["text/plain"].startswith("LiveView(")]
     assert len(views) == 1
     printed = "".join(o.get("text", "") for o in train_outputs if o.output_type == "stream")
     assert "COMPLETED" in printed
     assert notebook.cells[2].outputs[0].text.strip() == "COMPLETED 2"
+    # the polling thread's trait updates reached the frontend as widget messages
+    state = notebook.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    bars = [
+        m["state"]
+        for m in state.values()
+        if m["model_name"] == "IntProgressModel" and m["state"].get("description") == "progress"
+    ]
+    assert [(b["value"], b["max"]) for b in bars] == [(2, 2)]

@@ -1,4 +1,5 @@
-"""The first few training examples of a config, for the token previews of the magic and panel."""
+"""The first few valid training examples of a config, for the token previews of the magic and
+panel."""
 
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ def first_examples(config: RunConfig, count: int) -> list[dict[str, Any] | str]:
         texts = itertools.islice(iter_text_files(config.train_data_path), count)
         return [text[:PREVIEW_CHARS] for _source, text in texts]
     from ftmagic.data.readers import iter_records
+    from ftmagic.data.rules import check_record
 
-    records = itertools.islice(iter_records(config.train_data_path), count)
-    return [record.data for record in records]
+    # Broken records are the validation report's business; the preview shows trainable ones.
+    records = iter_records(config.train_data_path, errors=[])
+    good = (r for r in records if not check_record(r.data, config.task_type, source=r.source))
+    return [record.data for record in itertools.islice(good, count)]
 
 
 def preview_example(config: RunConfig, example: dict[str, Any] | str) -> Any:
