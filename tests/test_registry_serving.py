@@ -128,6 +128,44 @@ def test_generate_from_a_checkpoint(uri: str, model_dir: Path) -> None:
     assert run.generate(messages, max_new_tokens=6, checkpoint=run.checkpoints[0]) == expected
 
 
+def test_lora_adapter_registers_with_a_reference_to_its_base(
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from ftmagic.catalog import load_model, load_tokenizer
+    from ftmagic.train.generation import generate, load_for_inference
+
+    torch.manual_seed(0)
+    adapter = tmp_path / "adapter"
+    lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(load_model("ftmagic/tiny-chat"), lora).save_pretrained(adapter)
+    load_tokenizer("ftmagic/tiny-chat").save_pretrained(adapter)
+    expected = generate(*load_for_inference(adapter), PROMPT, max_new_tokens=6)
+    base_dir = model_path_of_tiny()
+    base_only = generate(*load_for_inference(base_dir), PROMPT, max_new_tokens=6)
+
+    monkeypatch.setenv("FTMAGIC_CACHE", str(tmp_path / "cache"))
+    config = make_config(method="lora", merge_lora=False, experiment_path="registry")
+    run_id = store.create_run(config, backend="inkernel", uri=uri)
+    ref = store.register_model(run_id, adapter, "main.default.tiny_lora", "lora", uri=uri)
+    assert ref == "models:/main.default.tiny_lora/1"
+    folder = store.resolve_weights(ref, uri=uri)
+    assert (folder / "adapter_config.json").exists()
+    assert not (folder / "model.safetensors").exists()  # only the adapter is stored
+    base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == base_dir
+    assert generate(*load_for_inference(folder), PROMPT, max_new_tokens=6) == expected
+    assert expected != base_only  # the adapter changes the answer, so the check has teeth
+
+
+def model_path_of_tiny() -> str:
+    from ftmagic.catalog import model_path
+
+    return model_path("ftmagic/tiny-chat")
+
+
 def test_served_model_answers_over_http(
     uri: str, registered: dict[str, str], tmp_path: Path
 ) -> None:

@@ -638,7 +638,7 @@ def download_registered_model(model_uri: str, *, uri: str | None = None) -> Path
 
     name, version = _model_version(model_uri, uri)
     final = cache_dir() / "registry" / _slug(name, "_") / version
-    if (final / "config.json").exists():
+    if any((final / f).exists() for f in ("config.json", "adapter_config.json")):
         return final
     mlflow_client = client(uri)
     source = mlflow_client.get_model_version_download_uri(name, version)
@@ -649,7 +649,7 @@ def download_registered_model(model_uri: str, *, uri: str | None = None) -> Path
                 artifact_uri=source, dst_path=tmp, tracking_uri=mlflow_client.tracking_uri
             )
         )
-        model = got / "model" if (got / "model").is_dir() else got
+        model = _hf_folder(got)
         tokenizer = got / "components" / "tokenizer"
         if tokenizer.is_dir():
             for item in tokenizer.iterdir():
@@ -658,6 +658,12 @@ def download_registered_model(model_uri: str, *, uri: str | None = None) -> Path
         shutil.rmtree(final, ignore_errors=True)
         os.rename(model, final)
     return final
+
+
+def _hf_folder(got: Path) -> Path:
+    """The loadable folder inside a downloaded mlflow transformers model: ``peft/`` (a LoRA
+    adapter whose config names its base model) or ``model/`` (full weights)."""
+    return next((got / d for d in ("peft", "model") if (got / d).is_dir()), got)
 
 
 def _model_version(model_uri: str, uri: str | None) -> tuple[str, str]:
@@ -748,12 +754,13 @@ def register_model(
     """
     name = registered_model_name(register_to, run_name)
     mlflow_client = client(uri)
-    pipe = _text_generation_pipeline(Path(model_dir))
+    pipe, base_path = _text_generation_pipeline(Path(model_dir))
     was_running = mlflow_client.get_run(run_id).info.status == "RUNNING"
     result: dict[str, Any] = {}
     # A fresh thread has no active mlflow run, whatever the caller's thread has open.
     worker = threading.Thread(
-        target=_log_model_into, args=(result, pipe, run_id, name, mlflow_client.tracking_uri)
+        target=_log_model_into,
+        args=(result, pipe, base_path, run_id, name, mlflow_client.tracking_uri),
     )
     worker.start()
     worker.join()
@@ -769,24 +776,35 @@ def register_model(
     return reference
 
 
-def _text_generation_pipeline(model_dir: Path) -> Any:
+def _text_generation_pipeline(model_dir: Path) -> tuple[Any, str | None]:
+    """A text-generation pipeline of a saved model, or of a LoRA adapter on its base model; and
+    the adapter's base model when it is a local folder (mlflow then stores a reference to it
+    rather than the adapter-injected base weights)."""
     import transformers
 
-    if (
-        not (model_dir / "config.json").exists()
-        and not (model_dir / "adapter_config.json").exists()
-    ):
-        raise RunError(f"{model_dir} holds no saved model (config.json is missing)")
-    return transformers.pipeline(
-        "text-generation",
-        model=str(model_dir),
-        tokenizer=str(model_dir),
-        trust_remote_code=False,
-        model_kwargs={"use_safetensors": True},
-    )
+    from ftmagic.catalog import load_model
+
+    adapter_config = model_dir / "adapter_config.json"
+    base_path = None
+    if (model_dir / "config.json").exists():
+        model = load_model(str(model_dir))
+    elif adapter_config.exists():
+        from peft import PeftModel
+
+        base = json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
+        model = PeftModel.from_pretrained(load_model(base), str(model_dir))
+        base_path = base if Path(base).is_dir() else None
+    else:
+        raise RunError(
+            f"{model_dir} holds no saved model (neither config.json nor adapter_config.json)"
+        )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    return transformers.pipeline("text-generation", model=model, tokenizer=tokenizer), base_path
 
 
-def _log_model_into(result: dict[str, Any], pipe: Any, run_id: str, name: str, uri: str) -> None:
+def _log_model_into(
+    result: dict[str, Any], pipe: Any, base_path: str | None, run_id: str, name: str, uri: str
+) -> None:
     import mlflow
     import torch
     import transformers
@@ -803,6 +821,7 @@ def _log_model_into(result: dict[str, Any], pipe: Any, run_id: str, name: str, u
                 signature=signature,
                 pip_requirements=requirements,
                 model_config={"max_new_tokens": 64},
+                base_model_path=base_path,
             )
         result["version"] = info.registered_model_version
     except Exception as err:  # reported to the caller's thread as a RunError
