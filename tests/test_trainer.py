@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import torch
-from ftmagic.data.render import TokenizedExample
 
 import fixtures_train
 from fixtures_train import event_types, fast_config, losses_of
 from ftmagic.config import RunConfig
+from ftmagic.data.render import TokenizedExample
 from ftmagic.train import trainer
 from ftmagic.train.distributed import setup as setup_distributed
 from ftmagic.train.trainer import (
@@ -35,9 +35,8 @@ def new_run(config: RunConfig) -> str:
 
 
 def prepared(config: RunConfig) -> PreparedData:
-    from ftmagic.data.dataset import load_examples
-
     from ftmagic.catalog import load_tokenizer
+    from ftmagic.data.dataset import load_examples
 
     tokenizer = load_tokenizer(config.model)
     return PreparedData(tokenizer, 2048, load_examples(config, tokenizer, split="train"), [])

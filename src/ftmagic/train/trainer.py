@@ -501,7 +501,7 @@ def prepare_data(config: RunConfig, reporter: Reporter) -> PreparedData:
     """Check the model name and register_to, validate and tokenize the data: all before any
     weights load, so bad input fails in seconds."""
     from ftmagic.catalog import load_tokenizer, resolve_model
-    from ftmagic.data.dataset import load_examples
+    from ftmagic.data.dataset import effective_context_length, load_examples
 
     entry = resolve_model(config.model)
     if config.register_to is not None:
@@ -514,11 +514,11 @@ def prepare_data(config: RunConfig, reporter: Reporter) -> PreparedData:
         reporter.event("DATA_VALIDATED", _validation_message(report))
     reporter.tick()
     tokenizer = load_tokenizer(config.model)
-    train_examples = load_examples(config, tokenizer, split="train")
+    train_examples = load_examples(config, tokenizer, split="train", entry=entry)
     if not train_examples:
         raise RunError(f"train_data_path {config.train_data_path} holds no trainable examples")
-    eval_examples = load_examples(config, tokenizer, split="eval") if config.eval_data_path else []
-    context_length = config.context_length or int(entry.context_length)
+    eval_examples = load_examples(config, tokenizer, split="eval", entry=entry)
+    context_length = effective_context_length(config, entry)
     return PreparedData(tokenizer, context_length, train_examples, eval_examples)
 
 
@@ -604,11 +604,11 @@ def build_optimizer(model: Any, config: RunConfig, device: Any) -> Any:
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
-    kwargs = {"lr": config.effective_learning_rate(), "weight_decay": config.weight_decay}
+    lr, decay = config.effective_learning_rate(), config.weight_decay
     try:
-        return torch.optim.AdamW(params, fused=True, **kwargs)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=decay, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(params, foreach=True, **kwargs)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=decay, foreach=True)
 
 
 def build_scheduler(optimizer: Any, config: RunConfig, total_steps: int, warmup: int) -> Any:
