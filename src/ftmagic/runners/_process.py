@@ -29,10 +29,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from ftmagic.config import RunConfig
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +264,10 @@ def is_supervisor_of(pid: int, run_id: str) -> bool:
 
 def supervise(command: Sequence[str], run_id: str, log_path: Path) -> int:
     """Run the trainer ``command``, forward SIGTERM/SIGINT to it, record how it ended."""
+    from ftmagic.tracking import store
+
+    client = store.client()  # made now (mlflow imports slowly), so the end is recorded promptly
+    started = datetime.now(timezone.utc)
     with open(log_path, "ab") as out:
         child = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=out, stderr=out)
 
@@ -269,21 +278,30 @@ def supervise(command: Sequence[str], run_id: str, log_path: Path) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     code = child.wait()
-    record_exit(run_id, code, log_path)
+    record_exit(client, run_id, code, log_path, started=started)
     return 0 if code == 0 else 1
 
 
-def record_exit(run_id: str, code: int, log_path: Path) -> None:
-    """Log the trainer's output and, when it died without recording an end, mark it FAILED."""
+def record_exit(
+    client: MlflowClient, run_id: str, code: int, log_path: Path, *, started: datetime
+) -> None:
+    """Log the trainer's output and, when it died without recording an end, mark it FAILED.
+
+    A run resumed elsewhere since ``started`` (a later PENDING event) belongs to that attempt
+    and is left alone.
+    """
     from ftmagic.tracking import store
 
     try:
-        if recorded_status(run_id) not in store.TERMINAL:
-            store.set_status(run_id, "FAILED", f"{exit_description(code)} before the run ended")
+        tags = client.get_run(run_id).data.tags
+        resumed = any(e.type == "PENDING" and e.time > started for e in store.parse_events(tags))
+        if tags.get(store.STATUS_TAG) not in store.TERMINAL and not resumed:
+            reason = f"{exit_description(code)} before the run ended"
+            store.set_status(run_id, "FAILED", reason, uri=client.tracking_uri)
     except Exception:
         log.exception("run %s: could not record the trainer's exit", run_id)
     try:
-        store.client().log_artifact(run_id, str(log_path), LOG_ARTIFACT_DIR)
+        client.log_artifact(run_id, str(log_path), LOG_ARTIFACT_DIR)
     except Exception:
         log.exception("run %s: could not log %s", run_id, log_path)
 
