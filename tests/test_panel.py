@@ -107,7 +107,9 @@ def test_data_errors_show_next_to_the_data_path(
     report = panel.validate_now()
     assert not report.ok and report.num_errors == 2
     message = panel.form.rows["train_data_path"].error.value
-    assert f"{bad}:4" in message and "and 1 more" in message
+    assert {e.line for e in report.errors} == {4, 5}
+    first = report.errors[0]
+    assert f"{bad}:{first.line}" in message and "and 1 more" in message
     assert "Validation of" in panel.data_html.value
 
 
@@ -140,7 +142,8 @@ def test_copy_as_cell_round_trips_through_the_magic(
 
 
 def test_train_tab_runs_a_tiny_model_to_completion(panel: Panel, ui_env: dict[str, Any]) -> None:
-    fill(panel, **fast_fields(ui_env, eval_prompts=["Aspirin and ibuprofen."]))
+    fields = fast_fields(ui_env, eval_prompts=["Aspirin and ibuprofen."], register_to="main.ui")
+    fill(panel, **fields)
     panel.start_button.click()
     assert panel.run is not None and panel.tabs.selected_index == 2
     assert panel.train_box.children == (panel.live,)
@@ -150,3 +153,6 @@ def test_train_tab_runs_a_tiny_model_to_completion(panel: Panel, ui_env: dict[st
     assert panel.live.progress_bar.value == 4 and panel.cancel_button.disabled
     results = panel.results.generations.value
     assert "Aspirin and ibuprofen." in results and "step 2" in results and "step 4" in results
+    served = panel.results.model.value
+    assert panel.run.registered_model.startswith("models:/main.ui.")
+    assert f"mlflow models serve -m {panel.run.registered_model} --host 127.0.0.1" in served
