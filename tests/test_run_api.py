@@ -116,6 +116,8 @@ def test_status_refresh_and_lost_heartbeat(uri: str) -> None:
     store.set_status(run_id, "STOPPED", "cancelled by user", uri=uri)
     assert run.refresh().status == "STOPPED"
     assert run.status_reason == "cancelled by user"
+    store.set_status(run_id, "RUNNING", "resumed", uri=uri)  # alive before its first beat
+    assert run.refresh().status == "RUNNING" and run.is_alive
 
 
 def test_metrics_keep_the_latest_value_of_a_repeated_step(uri: str) -> None:

@@ -157,8 +157,8 @@ class Run:
         beat = self._tags.get(store.HEARTBEAT_TAG)
         if beat:
             return max(0.0, time.time() - float(beat))
-        started = self._first_event_time("RUNNING")
-        return None if started is None else max(0.0, time.time() - started.timestamp())
+        started = [e.time for e in self.events if e.type == "RUNNING"]
+        return None if not started else max(0.0, time.time() - started[-1].timestamp())
 
     @property
     def is_alive(self) -> bool:

@@ -243,6 +243,8 @@ def set_status(
     mlflow_client = client(uri)
     previous = mlflow_client.get_run(run_id).data.tags.get(STATUS_TAG)
     tags = [RunTag(STATUS_TAG, status), RunTag(REASON_TAG, shorten(reason or "", 4000))]
+    if status == "RUNNING":  # a resumed run must not look dead before its first beat
+        tags.append(RunTag(HEARTBEAT_TAG, f"{time.time():.3f}"))
     mlflow_client.log_batch(run_id, tags=tags)
     if status not in TERMINAL and previous in TERMINAL:
         clear_cancel(run_id, uri=uri)  # a resumed run must not stop on the old request
