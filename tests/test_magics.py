@@ -80,7 +80,7 @@ def test_to_cell_round_trips_literal_braces() -> None:
 
 def test_help_lists_every_config_field(ipshell: TestingShell) -> None:
     doc = ipshell.shell.find_cell_magic("finetune").__doc__
-    assert "--dry-run" in doc and "-o OUT" in doc and "--wait" in doc
+    assert "%%finetune [--dry-run] [--backend BACKEND] [-o OUT] [--wait]" in doc
     for name, text in RunConfig.help().items():
         assert f"  {name}: {text}" in doc
     out = ipshell.run_cell("%%finetune?\n")

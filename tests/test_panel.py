@@ -62,6 +62,19 @@ def test_form_widgets_follow_field_types_and_help(panel: Panel) -> None:
     assert any(label.startswith("meta-llama/Meta-Llama-3-8B") for label in retired), retired
 
 
+def test_ftmagic_panel_starts_from_a_config(ui_env: dict[str, Any]) -> None:
+    import ftmagic
+
+    fields = fast_fields(ui_env, method="lora", eval_prompts=["a", "b"])
+    made = ftmagic.panel(**fields)
+    try:
+        assert made.config == RunConfig.from_dict(fields)
+        assert widget_of(made, "eval_prompts").value == "a\nb"
+        assert made.form.lora_box.layout.display == ""
+    finally:
+        made.close()
+
+
 def test_lora_options_appear_only_for_lora(panel: Panel) -> None:
     assert panel.form.lora_box.layout.display == "none"
     widget_of(panel, "method").value = "lora"

@@ -55,7 +55,7 @@ class FinetuneMagics(Magics):
 
     @cell_magic
     @with_config_help
-    @magic_arguments()
+    @magic_arguments("%finetune")  # IPython adds one '%': the usage line reads %%finetune
     @argument("--dry-run", action="store_true", help="Validate the data and preview examples.")
     @argument("--backend", default=None, help="Override the backend (inkernel, local, ...).")
     @argument("-o", "--out", default=None, help="Store the Run (or dry-run report) in this name.")
