@@ -214,3 +214,28 @@ def test_display_checkpoints_generations_and_pickling(uri: str, tmp_path: Path) 
     assert run.name in page and "PENDING" in page and run_id in page
     clone = pickle.loads(pickle.dumps(run))
     assert clone.run_id == run_id and clone.status == "PENDING" and clone._model is None
+
+
+def test_config_falls_back_to_params_without_config_yaml(uri: str) -> None:
+    config = make_config(eval_prompts=["a", "b"], learning_rate=1e-4, register_to="main.default")
+    run_id = store.create_run(config, backend="inkernel", uri=uri)
+    artifacts = store.local_artifact_dir(MlflowClient(tracking_uri=uri), run_id)
+    assert artifacts is not None
+    (artifacts / "config.yaml").unlink()
+    assert get_run(run_id, uri=uri).config == config
+
+
+def test_public_api_reads_runs_from_the_tracking_uri(
+    uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ftmagic
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_id = store.create_run(make_config(experiment_path="api"), backend="inkernel")
+    store.set_status(run_id, "COMPLETED", "done")
+    assert ftmagic.get(run_id).status == "COMPLETED"
+    assert [r.run_id for r in ftmagic.list(experiment_path="api")] == [run_id]
+    assert [e.type for e in ftmagic.get_events(run_id)] == ["CREATED", "COMPLETED"]
+    assert ftmagic.get_checkpoints(run_id) == []
+    ftmagic.delete(run_id)
+    assert ftmagic.list(experiment_path="api") == []
