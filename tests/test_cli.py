@@ -161,3 +161,14 @@ def test_validate_report_json_serialisable_through_cli_config(tmp_path: Path) ->
     report = validate(config_from_args(args))
     data = json.loads(json.dumps(report.to_dict()))
     assert [e["field"] for e in data["errors"]] == ["train_data_path"]
+
+
+def test_preview_shows_first_examples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, model="ftmagic/tiny-chat", train_data_path=NER)
+    assert main(["preview", str(path), "-n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"--- example 1 ({NER}:1) ---" in out
+    assert f"--- example 2 ({NER}:2) ---" in out
+    assert "--- example 3" not in out
+    assert out.count("[[") >= 2  # trained spans are marked
+    assert "tokens trained" in out

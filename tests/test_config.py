@@ -77,7 +77,7 @@ def test_bad_choice_names_field_value_and_allowed_values() -> None:
     [
         ({"lora_rank": 0}, "lora_rank", "at least 1"),
         ({"learning_rate": "fast"}, "learning_rate", "must be a number"),
-        ({"learning_rate": 2.0}, "learning_rate", "between 0 and 1"),
+        ({"learning_rate": -0.1}, "learning_rate", "must be between 0 and"),
         ({"packing": "yes"}, "packing", "true or false"),
         ({"register_to": "nodots"}, "register_to", "catalog.schema"),
         ({"eval_prompts": [1, 2]}, "eval_prompts", "list of strings"),

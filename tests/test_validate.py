@@ -11,9 +11,10 @@ import ftmagic
 from ftmagic import examples
 from ftmagic.catalog import load_tokenizer
 from ftmagic.config import RunConfig
+from ftmagic.data.counting import TokenCounter
 from ftmagic.data.readers import iter_records, iter_text_files
 from ftmagic.data.render import chunk_texts, render
-from ftmagic.data.validate import Histogram, TokenCounter, ValidationReport, validate
+from ftmagic.data.validate import Histogram, ValidationReport, validate
 
 CHAT = examples.path("chat", "train")
 NER = examples.path("ner", "train")
@@ -71,6 +72,35 @@ def test_pretraining_counts_equal_chunking() -> None:
     assert report.total_tokens == report.trained_tokens == len(chunks[0].input_ids)
     assert report.num_examples == len(list(iter_text_files(path)))
     assert any("1.5M tokens" in r for r in report.recommendations)
+
+
+def test_pretraining_from_text_records_is_never_truncated(tmp_path: Path) -> None:
+    long_text = "field notes about the weather and the river. " * 400
+    path = tmp_path / "docs.jsonl"
+    rows = [{"text": long_text}, {"text": "short"}, {"messages": []}, {"text": 5}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = ftmagic.validate(
+        model="ftmagic/tiny-chat",
+        train_data_path=str(path),
+        task_type="CONTINUED_PRETRAIN",
+        context_length=256,
+    )
+    tokenizer = load_tokenizer("ftmagic/tiny-chat")
+    expected = sum(len(c.input_ids) for c in chunk_texts(tokenizer, [long_text, "short"], 256))
+    assert report.num_examples == 2
+    assert report.total_tokens == report.trained_tokens == expected > 256
+    assert report.num_truncated == 0
+    assert [(e.line, e.field) for e in report.errors] == [(3, None), (4, "text")]
+    assert report.errors[0].fix == "set task_type: CHAT_COMPLETION"
+    assert report.errors[1].rule == "text must be a string"
+
+
+def test_chat_file_given_as_pretraining_names_the_task(tmp_path: Path) -> None:
+    report = ftmagic.validate(
+        model="ftmagic/tiny-chat", train_data_path=NER, task_type="CONTINUED_PRETRAIN"
+    )
+    assert report.num_errors == 1
+    assert report.errors[0].fix == "set task_type: CHAT_COMPLETION"
 
 
 def test_fallback_to_render_when_batched_counts_disagree() -> None:

@@ -198,16 +198,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def _first_examples(config: RunConfig, count: int) -> list[tuple[str, Any]]:
     from itertools import islice
 
-    from ftmagic.data.readers import iter_records, iter_text_files
+    from ftmagic.data.readers import iter_records, iter_text_files, looks_like_record_source
 
-    if not config.train_data_path:
+    path = config.train_data_path
+    if not path:
         raise ConfigError("train_data_path", "is not set", suggestion="set it in the YAML")
-    if config.task_type == "CONTINUED_PRETRAIN":
-        return list(islice(iter_text_files(config.train_data_path), count))
-    return [
-        (f"{r.source}:{r.line}", r.data)
-        for r in islice(iter_records(config.train_data_path), count)
-    ]
+    if config.task_type == "CONTINUED_PRETRAIN" and not looks_like_record_source(path):
+        return list(islice(iter_text_files(path), count))
+    return [(f"{r.source}:{r.line}", r.data) for r in islice(iter_records(path), count)]
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -66,15 +66,32 @@ def check_record(
         return check_chat(data, source=source, line=line)
     if task_type == INSTRUCTION:
         return check_instruction(data, source=source, line=line)
-    return [
-        DataError(
-            "continued pretraining reads .txt files, not records",
-            source=source,
-            line=line,
-            fix="point train_data_path at a folder of .txt files, or set task_type to "
-            f"{CHAT} or {INSTRUCTION}",
-        )
-    ]
+    if task_type == PRETRAIN:
+        return check_text(data, source=source, line=line)
+    return [DataError(f"unknown task_type {task_type!r}", source=source, line=line)]
+
+
+def check_text(
+    data: dict[str, Any], *, source: str | None = None, line: int | None = None
+) -> list[DataError]:
+    """Continued pretraining from records (rather than .txt files): a string ``text`` field."""
+    fix = 'write {"text": "..."} records, or use a folder of .txt files'
+    if "text" not in data:
+        return [
+            DataError("missing the 'text' field", source=source, line=line, field="text", fix=fix)
+        ]
+    if not isinstance(data["text"], str):
+        return [
+            DataError(
+                "text must be a string",
+                source=source,
+                line=line,
+                field="text",
+                value=data["text"],
+                fix=fix,
+            )
+        ]
+    return []
 
 
 def check_chat(

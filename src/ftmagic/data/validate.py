@@ -2,34 +2,33 @@
 
 ``validate(config)`` never raises for bad data or a bad model name: every problem becomes an error
 in the ``ValidationReport``, with its file, line and field. The data is streamed once; token counts
-come from batched tokenization (``TokenCounter``), so a large file costs about the time of
+come from batched tokenization (``ftmagic.data.counting``), so a large file costs about the time of
 tokenizing it and the memory of one batch.
 """
 
 from __future__ import annotations
 
 import html
-import logging
 import math
 import re
 import warnings
 from array import array
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, NamedTuple
+from typing import Any
 
 from ftmagic.config import MAX_TOTAL_TOKENS, DatasetStats, RunConfig
+from ftmagic.data.counting import Counted, TokenCounter
 from ftmagic.data.readers import (
     Record,
     iter_records,
     iter_text_files,
     looks_like_record_source,
 )
-from ftmagic.data.rules import CHAT, PRETRAIN, check_record, detect_task, task_mismatch
+from ftmagic.data.rules import PRETRAIN, check_record, task_mismatch
 from ftmagic.errors import DataError, FtmagicError, ValidationFailed
-
-logger = logging.getLogger(__name__)
 
 BATCH = 512
 MIN_PRETRAIN_TOKENS = 1_500_000
@@ -280,7 +279,7 @@ def scan(
         return tally
     try:
         if task_type == PRETRAIN:
-            _scan_texts(path, counter, context_length, errors, tally)
+            _scan_texts(path, counter, errors, tally)
         else:
             _scan_records(path, task_type, counter, context_length, errors, tally)
     except DataError as err:
@@ -298,22 +297,38 @@ def _scan_records(
     errors: ErrorLog,
     tally: DataTally,
 ) -> None:
-    for batch in _batches(_matching_records(iter_records(path, errors), task_type, errors)):
-        good = []
-        for record in batch:
-            problems = check_record(record.data, task_type, source=record.source, line=record.line)
-            for problem in problems:
-                errors.append(problem)
-            if not problems:
-                good.append(record)
-        if counter is None:
-            tally.num_examples += len(good)
-            continue
-        for counted in counter.count_records(good, context_length):
-            if isinstance(counted, DataError):
-                errors.append(counted)
-            else:
-                tally.add(counted.length, counted.trained, context_length)
+    records = _matching_records(iter_records(path, errors), task_type, errors)
+    # One batch is tokenized (Rust, GIL released) while the next is read, checked and templated.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftmagic-count") as pool:
+        pending: Future[list[Counted | DataError]] | None = None
+        for batch in batched(records):
+            good = _check_batch(batch, task_type, errors)
+            if counter is None:
+                tally.num_examples += len(good)
+                continue
+            prepared = counter.prepare(good)
+            if pending is not None:
+                _add_counts(pending.result(), tally, context_length, errors)
+            pending = pool.submit(counter.finish, good, prepared, context_length)
+        if pending is not None:
+            _add_counts(pending.result(), tally, context_length, errors)
+
+
+def _check_batch(batch: list[Record], task_type: str, errors: ErrorLog) -> list[Record]:
+    return [record for record in batch if not _report_all(record, task_type, errors)]
+
+
+def _add_counts(
+    counts: list[Counted | DataError],
+    tally: DataTally,
+    context_length: int | None,
+    errors: ErrorLog,
+) -> None:
+    for counted in counts:
+        if isinstance(counted, DataError):
+            errors.append(counted)
+        else:
+            tally.add(counted.length, counted.trained, context_length)
 
 
 def _matching_records(
@@ -334,290 +349,31 @@ def _matching_records(
 def _scan_texts(
     path: str,
     counter: TokenCounter | None,
-    context_length: int | None,
     errors: ErrorLog,
     tally: DataTally,
 ) -> None:
+    """Continued pretraining: documents are joined and cut into sequences, never truncated."""
     if looks_like_record_source(path):
-        first = next(iter_records(path, ErrorLog(0)), None)
-        found = detect_task(first.data) if first else None
-        errors.append(
-            DataError(
-                "continued pretraining reads a folder of .txt files, not records",
-                source=path,
-                fix=f"set task_type: {found}"
-                if found
-                else "point train_data_path at a folder of .txt files",
-            )
+        records = _matching_records(iter_records(path, errors), PRETRAIN, errors)
+        documents: Iterator[str] = (
+            r.data["text"] for r in records if not _report_all(r, PRETRAIN, errors)
         )
-        return
-    for batch in _batches(iter_text_files(path, errors)):
+    else:
+        documents = (text for _, text in iter_text_files(path, errors))
+    for batch in batched(documents):
         if counter is None:
             tally.num_examples += len(batch)
             continue
-        for length in counter.count_texts([text for _, text in batch]):
-            tally.add(length, min(length, context_length or length), context_length)
+        for length in counter.count_texts(batch):
+            tally.add(length, length, None)
 
 
-# --- token counting -----------------------------------------------------------------------------
-class Counted(NamedTuple):
-    """One example's full length in tokens, and its trained tokens within the context length."""
-
-    length: int
-    trained: int
-
-
-class TokenCounter:
-    """Counts tokens as ``render`` builds examples, but a whole batch per tokenizer call.
-
-    ``render`` tokenizes one example at a time to get its exact loss mask; counting a large file
-    that way is several times slower than tokenizing it. Here a batch of examples goes to the
-    fast tokenizer in one call (Rust, on every core): chat conversations as the template's text
-    cut at the assistant turns, instruction records as prompt + response with character offsets.
-    The first examples and then one in every ``CHECK_EVERY`` are also rendered with ``render``;
-    if the counts ever disagree, every later example is counted with ``render``.
-    """
-
-    CHECK_FIRST = 16
-    CHECK_EVERY = 256
-
-    def __init__(self, tokenizer: Any, task_type: str) -> None:
-        self.tokenizer = tokenizer
-        self.task_type = task_type
-        self.seen = 0
-        self.problem: DataError | None = None
-        fast = getattr(tokenizer, "is_fast", False)
-        self._backend = getattr(tokenizer, "backend_tokenizer", None) if fast else None
-        self.exact = self._backend is None
-        self._eos_id = tokenizer.eos_token_id
-        if task_type == CHAT:
-            self.problem = _template_problem(tokenizer)
-            self._turn_end = _turn_end(tokenizer)
-        else:
-            self._adds_eos = _adds_eos(tokenizer)
-
-    def lengths(self, texts: list[str]) -> list[int]:
-        """Token counts of ``texts`` (no special tokens added), in one batched call."""
-        if not texts:
-            return []
-        if self._backend is not None:
-            return [
-                len(e) for e in self._backend.encode_batch_fast(texts, add_special_tokens=False)
-            ]
-        return [len(i) for i in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-    def count_texts(self, texts: list[str]) -> list[int]:
-        """Continued pretraining: each document's tokens plus the EOS that ends it."""
-        extra = 0 if self._eos_id is None else 1
-        return [n + extra for n in self.lengths(texts)]
-
-    def count_records(
-        self, records: list[Record], context_length: int | None
-    ) -> list[Counted | DataError]:
-        """``Counted`` (or the ``DataError`` that ``render`` would raise) for each record."""
-        if self.exact:
-            return [self.render_count(r, context_length) for r in records]
-        if self.task_type == CHAT:
-            counts = self._count_chat(records, context_length)
-        else:
-            counts = self._count_instruction(records, context_length)
-        return self._spot_check(records, counts, context_length)
-
-    def render_count(self, record: Record, context_length: int | None) -> Counted | DataError:
-        """The exact count, through ``render``."""
-        from ftmagic.data.render import render
-
-        try:
-            example = render(
-                self.tokenizer, record.data, self.task_type, source=record.source, line=record.line
-            )
-        except DataError as err:
-            return err
-        kept = example.trained if context_length is None else example.trained[:context_length]
-        return _finish(len(example.input_ids), sum(kept), record, context_length, self.task_type)
-
-    def _spot_check(
-        self, records: list[Record], counts: list[Counted | DataError], context_length: int | None
-    ) -> list[Counted | DataError]:
-        for index, (record, fast) in enumerate(zip(records, counts, strict=True)):
-            number = self.seen + index
-            if number >= self.CHECK_FIRST and number % self.CHECK_EVERY:
-                continue
-            exact = self.render_count(record, context_length)
-            if _same(fast, exact):
-                continue
-            logger.info(
-                "batched token counts differ from render at %s:%s (%s, render: %s); counting "
-                "with render from here on",
-                record.source,
-                record.line,
-                fast,
-                exact,
-            )
-            self.exact = True
-            self.seen += len(records)
-            return [self.render_count(r, context_length) for r in records]
-        self.seen += len(records)
-        return counts
-
-    def _count_chat(
-        self, records: list[Record], context_length: int | None
-    ) -> list[Counted | DataError]:
-        plans = [self._chat_pieces(r) for r in records]
-        texts = [text for plan in plans if isinstance(plan, list) for text, _ in plan]
-        lengths = iter(self.lengths(texts))
-        counts: list[Counted | DataError] = []
-        for record, plan in zip(records, plans, strict=True):
-            if isinstance(plan, DataError):
-                counts.append(plan)
-                continue
-            pieces = [(next(lengths), trained) for _, trained in plan]
-            length, trained = _tally_pieces(pieces, context_length)
-            counts.append(_finish(length, trained, record, context_length, self.task_type))
-        return counts
-
-    def _chat_pieces(self, record: Record) -> list[tuple[str, bool]] | DataError:
-        messages = record.data["messages"]
-        try:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False)
-        except Exception as err:  # jinja2's TemplateError, or whatever the template raises
-            return DataError(
-                f"the model's chat template rejects this conversation: {err}",
-                source=record.source,
-                line=record.line,
-                field="messages",
-                fix="change the roles or order of the messages to what this model's template "
-                "accepts",
-            )
-        pieces = _split_turns(str(text), messages, self._turn_end)
-        if pieces is None:
-            return DataError(
-                "the model's chat template drops an assistant message",
-                source=record.source,
-                line=record.line,
-                field="messages",
-                fix="use a model whose template keeps every assistant turn",
-            )
-        return pieces
-
-    def _count_instruction(
-        self, records: list[Record], context_length: int | None
-    ) -> list[Counted | DataError]:
-        prompts = [r.data["prompt"] for r in records]
-        answers = [r.data.get("response", r.data.get("completion")) for r in records]
-        texts = [p + a for p, a in zip(prompts, answers, strict=True)]
-        assert self._backend is not None
-        encodings = self._backend.encode_batch(texts, add_special_tokens=True)
-        counts: list[Counted | DataError] = []
-        for record, prompt, text, enc in zip(records, prompts, texts, encodings, strict=True):
-            first, last = enc.char_to_token(len(prompt)), enc.char_to_token(len(text) - 1)
-            if first is None or last is None:
-                counts.append(self.render_count(record, context_length))
-                continue
-            length = len(enc) + (0 if self._adds_eos else 1)
-            limit = length if context_length is None else context_length
-            trained = max(0, min(last + 1, limit) - first) + (1 if length <= limit else 0)
-            counts.append(_finish(length, trained, record, context_length, self.task_type))
-        return counts
-
-
-def _finish(
-    length: int, trained: int, record: Record, context_length: int | None, task_type: str
-) -> Counted | DataError:
-    """The count, or the error ``render`` gives when no trained token is left."""
-    if trained:
-        return Counted(length, int(trained))
-    field = "messages" if task_type == CHAT else "response"
-    if context_length is not None and length > context_length:
-        return DataError(
-            f"no trained token is left after truncating to {context_length} tokens",
-            source=record.source,
-            line=record.line,
-            field=field,
-            fix="raise context_length or shorten the text before the first trained part",
-        )
-    return DataError(
-        "this example has no token to train on",
-        source=record.source,
-        line=record.line,
-        field=field,
-        fix="give it a non-empty assistant message or response",
-    )
-
-
-def _same(fast: Counted | DataError, exact: Counted | DataError) -> bool:
-    if isinstance(fast, DataError) or isinstance(exact, DataError):
-        return isinstance(fast, DataError) and isinstance(exact, DataError)
-    return fast == exact
-
-
-def _split_turns(
-    text: str, messages: list[dict[str, Any]], turn_end: str
-) -> list[tuple[str, bool]] | None:
-    """Cut the rendered conversation into ``(text, trained)`` pieces: each assistant turn's content
-    plus its end-of-turn marker is trained, everything else is not."""
-    pieces: list[tuple[str, bool]] = []
-    cursor = 0
-    for message in messages:
-        if message["role"] != "assistant":
-            continue
-        content = message["content"].strip()
-        start = text.find(content, cursor)
-        if start < 0:
-            return None
-        end = start + len(content)
-        if turn_end and text.startswith(turn_end, end):
-            end += len(turn_end)
-        pieces += [(text[cursor:start], False), (text[start:end], True)]
-        cursor = end
-    pieces.append((text[cursor:], False))
-    return [(piece, trained) for piece, trained in pieces if piece]
-
-
-def _tally_pieces(pieces: list[tuple[int, bool]], context_length: int | None) -> tuple[int, int]:
-    """Total length, and trained tokens within the first ``context_length`` tokens."""
-    total = sum(length for length, _ in pieces)
-    limit = total if context_length is None else context_length
-    position = trained = 0
-    for length, is_trained in pieces:
-        if is_trained:
-            trained += max(0, min(position + length, limit) - min(position, limit))
-        position += length
-    return total, trained
-
-
-def _template_problem(tokenizer: Any) -> DataError | None:
-    if getattr(tokenizer, "chat_template", None):
-        return None
-    return DataError(
-        "the model's tokenizer has no chat template",
-        source="config",
-        field="model",
-        fix="use an instruct/chat model, or task_type INSTRUCTION_FINETUNE with prompt/response "
-        "records",
-    )
-
-
-def _turn_end(tokenizer: Any) -> str:
-    """The text the template puts right after an assistant message, up to and including its first
-    special token (``<|eot_id|>``, ``<|im_end|>``): it is trained, so the model learns to stop."""
-    probe = "Ftmagic probe answer"
-    try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}],
-            tokenize=False,
-        )
-    except Exception:  # a template that needs more; the spot check then falls back to render
-        return ""
-    after = str(text)[str(text).find(probe) + len(probe) :]
-    specials = set(tokenizer.get_added_vocab()) | set(tokenizer.all_special_tokens)
-    ends = [after.find(s) + len(s) for s in specials if s and after.find(s) >= 0]
-    return after[: min(ends)] if ends else after
-
-
-def _adds_eos(tokenizer: Any) -> bool:
-    ids = tokenizer("x", add_special_tokens=True)["input_ids"]
-    return bool(ids) and ids[-1] == tokenizer.eos_token_id
+def _report_all(record: Record, task_type: str, errors: ErrorLog) -> bool:
+    """Append the record's rule errors; True when it has any."""
+    problems = check_record(record.data, task_type, source=record.source, line=record.line)
+    for problem in problems:
+        errors.append(problem)
+    return bool(problems)
 
 
 # --- model, run size and advice ---------------------------------------------------------------
@@ -728,7 +484,8 @@ def _flops(config: RunConfig) -> float:
 
 
 # --- text and HTML helpers ----------------------------------------------------------------------
-def _batches(items: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
+def batched(items: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
+    """Lists of up to ``size`` items (itertools.batched arrives in Python 3.12)."""
     iterator = iter(items)
     while batch := list(islice(iterator, size)):
         yield batch
