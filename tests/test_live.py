@@ -131,18 +131,3 @@ def test_kernel_runs_cells_while_training_and_cancel_stops(
     assert "STOPPED" in view.progress_text.value
     assert 1 <= view.progress_bar.value < 400
     assert bytes(view.plot.value).startswith(PNG)
-
-
-def test_live_view_of_a_finished_run_shows_curves_and_generations(ui_env: dict[str, Any]) -> None:
-    run = ftmagic.create(
-        fast_fields(
-            ui_env, eval_data_path=str(ui_env["eval"]), eval_prompts=["Aspirin and ibuprofen."]
-        )
-    )
-    run.wait()
-    view = LiveView(run, start=False)
-    assert view.update() is True
-    assert view.progress_bar.value == 4 and "COMPLETED" in view.progress_text.value
-    assert "Aspirin and ibuprofen." in view.generations_html.value
-    assert "generations at step 4" in view.generations_html.value
-    assert len(run.metrics(["eval/loss"])["eval/loss"]) >= 1

@@ -26,7 +26,9 @@ def finished_run(ui_env: dict[str, Any]) -> Any:
     """One tiny run started by the magic with --wait, shared by the %ft tests."""
     shell = TestingShell()
     shell.user_ns["ner_train"] = str(ui_env["train"])
-    fields = fast_fields(ui_env, eval_prompts=["Aspirin and ibuprofen."])
+    fields = fast_fields(
+        ui_env, eval_prompts=["Aspirin and ibuprofen."], eval_data_path=str(ui_env["eval"])
+    )
     fields["train_data_path"] = "{ner_train}"
     shell.run_cell("%config FinetuneMagics.experiment_path = 'from-config'")
     del fields["experiment_path"]
@@ -170,7 +172,12 @@ def test_ft_status_reattaches_a_live_view(ipshell: TestingShell, finished_run: A
     view = ipshell.run_cell(f"%ft status {finished_run.run_id}").result
     view.join(timeout=30)
     assert view.done and view.progress_bar.value == view.progress_bar.max == 4
-    assert "COMPLETED" in view.progress_text.value
+    assert "COMPLETED" in view.progress_text.value and "ETA —" in view.progress_text.value
+    assert bytes(view.plot.value).startswith(b"\x89PNG")
+    assert "generations at step 4" in view.generations_html.value
+    assert "Aspirin and ibuprofen." in view.generations_html.value
+    assert "COMPLETED" in view.events_html.value
+    assert [step for step, _ in finished_run.metrics(["eval/loss"])["eval/loss"]] == [2, 4]
     ipshell.user_ns["that_run"] = finished_run
     assert ipshell.run_cell("%ft status that_run").result.run.run_id == finished_run.run_id
 

@@ -8,6 +8,7 @@ means the default) or from the field's fixed choices (Dropdown). The help text i
 from __future__ import annotations
 
 import dataclasses
+from types import MappingProxyType
 from typing import Any
 
 import ipywidgets as widgets
@@ -16,15 +17,17 @@ from ftmagic.config import BACKENDS, METHODS, PRECISIONS, SCHEDULES, TASK_TYPES,
 from ftmagic.errors import ConfigError
 from ftmagic.ui.errors import message_html
 
-CHOICES = {
-    "task_type": TASK_TYPES,
-    "method": METHODS,
-    "precision": PRECISIONS,
-    "lr_schedule": SCHEDULES,
-    "backend": BACKENDS,
-}
-_STYLE = {"description_width": "150px"}
-_LAYOUT = {"width": "460px"}
+CHOICES = MappingProxyType(
+    {
+        "task_type": TASK_TYPES,
+        "method": METHODS,
+        "precision": PRECISIONS,
+        "lr_schedule": SCHEDULES,
+        "backend": BACKENDS,
+    }
+)
+DESCRIPTION_WIDTH = "150px"
+FIELD_WIDTH = "460px"
 
 
 class FieldRow(widgets.HBox):
@@ -82,7 +85,11 @@ def config_fields() -> dict[str, dataclasses.Field[Any]]:
 
 
 def _make_widget(kind: str, name: str, options: list[Any] | None) -> widgets.Widget:
-    common: dict[str, Any] = {"description": name, "style": _STYLE, "layout": _LAYOUT}
+    common: dict[str, Any] = {
+        "description": name,
+        "style": {"description_width": DESCRIPTION_WIDTH},
+        "layout": {"width": FIELD_WIDTH},
+    }
     if kind == "choice":
         return widgets.Dropdown(options=options or list(CHOICES.get(name, ())), **common)
     if kind == "bool":

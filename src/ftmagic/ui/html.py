@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
+from types import MappingProxyType
 from typing import Any
 
-STATUS_COLORS = {
-    "PENDING": "#757575",
-    "RUNNING": "#1565c0",
-    "COMPLETED": "#2e7d32",
-    "FAILED": "#c62828",
-    "STOPPED": "#ef6c00",
-}
+STATUS_COLORS = MappingProxyType(
+    {
+        "PENDING": "#757575",
+        "RUNNING": "#1565c0",
+        "COMPLETED": "#2e7d32",
+        "FAILED": "#c62828",
+        "STOPPED": "#ef6c00",
+    }
+)
 
 
 def clock(seconds: float | None) -> str:

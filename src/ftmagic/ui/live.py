@@ -21,7 +21,7 @@ from ftmagic.ui.plot import curves_png
 
 log = logging.getLogger(__name__)
 
-PLOT_METRICS = ["train/loss", "eval/loss", "train/lr"]
+PLOT_METRICS = ("train/loss", "eval/loss", "train/lr")
 MIN_INTERVAL_S = 0.5
 DONE_STATUSES = ("COMPLETED", "FAILED", "STOPPED")
 
@@ -149,7 +149,7 @@ class LiveView(widgets.VBox):
         self.progress_text.value = render.progress_html(progress, status, reason)
 
     def _show_plot(self) -> None:
-        metrics = self.run.metrics(PLOT_METRICS)
+        metrics = self.run.metrics(list(PLOT_METRICS))
         key = tuple((name, len(v), v[-1] if v else None) for name, v in sorted(metrics.items()))
         if key != self._plot_key:
             self.plot.value = curves_png(metrics)
