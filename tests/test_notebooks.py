@@ -33,7 +33,8 @@ OVERRIDES: dict[str, dict[str, object]] = {
     "04_continued_pretraining.ipynb": {"DURATION": "1ep"},
     "05_panel.ipynb": {"DURATION": "10ba"},
 }
-TIMEOUTS = {"02_ner_instruction_finetuning.ipynb": 600}
+# Per-cell limits: generous, because a shared CI machine can be many times slower than an idle one.
+TIMEOUTS = {"02_ner_instruction_finetuning.ipynb": 1800}
 
 
 @pytest.fixture
@@ -60,7 +61,6 @@ def with_overrides(nb: nbformat.NotebookNode, overrides: dict[str, object]) -> N
         assert f"\n{name} = " in f"\n{params}", f"{name} is not a parameter of this notebook"
     source = "\n".join(f"{name} = {value!r}" for name, value in overrides.items())
     cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
-    cell.pop("id", None)
     nb.cells.insert(index + 1, cell)
 
 
@@ -88,11 +88,13 @@ def test_notebook_runs_headless(name: str, tmp_path: Path, kernel_env: None) -> 
     client = NotebookClient(
         nb,
         kernel_name="python3",
-        timeout=TIMEOUTS.get(name, 300),
+        timeout=TIMEOUTS.get(name, 900),
         resources={"metadata": {"path": str(tmp_path)}},
     )
-    client.execute()
-    nbformat.write(nb, tmp_path / f"executed-{name}")  # kept for a look when a test fails
+    try:
+        client.execute()
+    finally:
+        nbformat.write(nb, tmp_path / f"executed-{name}")  # kept for a look when a test fails
     errors = [
         o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
     ]
