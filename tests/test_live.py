@@ -8,6 +8,7 @@ from typing import Any
 
 import ftmagic
 from fixtures_ui import TestingShell, fast_fields, ipshell, ui_env, wait_for
+from ftmagic.errors import RunError
 from ftmagic.ui import html as render
 from ftmagic.ui.live import LiveView, status_name
 from ftmagic.ui.plot import curves_png
@@ -90,6 +91,17 @@ def test_polling_stops_after_the_final_refresh() -> None:
     view.join(timeout=10)
     assert ended == [run] and view.done and run.refreshes == 1
     assert view.cancel_button.disabled and view.progress_bar.bar_style == "success"
+
+
+def test_polling_ends_with_a_message_when_the_run_is_deleted() -> None:
+    class DeletedRun(RecordedRun):
+        def refresh(self) -> None:
+            raise RunError(f"run {self.run_id} no longer exists in sqlite:///x.db")
+
+    view = LiveView(DeletedRun(), refresh_interval=0.5)
+    view.join(timeout=10)
+    assert not view.done
+    assert "run abc123 no longer exists" in view.message.value
 
 
 def test_html_helpers() -> None:

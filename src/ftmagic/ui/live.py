@@ -16,7 +16,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from ftmagic.errors import RunError
 from ftmagic.ui import html as render
+from ftmagic.ui.errors import message_html
 from ftmagic.ui.plot import curves_png
 
 log = logging.getLogger(__name__)
@@ -121,9 +123,12 @@ class LiveView(widgets.VBox):
                 if self.update():
                     self._finish()
                     return
+            except RunError as err:  # the run was deleted: nothing more to watch
+                self.message.value = message_html(str(err))
+                return
             except Exception as err:  # a transient store error must not kill the view
                 log.warning("live view: reading run %s failed: %s", self.run.run_id, err)
-                self.message.value = render.status_badge("WARNING", f"cannot read the run: {err}")
+                self.message.value = message_html(f"cannot read the run (will retry): {err}")
             self._stop.wait(self.refresh_interval)
 
     def _finish(self) -> None:
