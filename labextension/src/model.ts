@@ -20,7 +20,6 @@ export interface IRunSummary {
   etaSeconds: number | null;
   /** Start time in milliseconds since the epoch (NaN when unknown). */
   created: number;
-  experimentId: string | null;
   /** `[step, loss]` points in step order. */
   loss: Array<[number, number]>;
 }
@@ -90,7 +89,6 @@ export function parseRun(value: unknown): IRunSummary | null {
     totalSteps: total !== null && total > 0 ? total : null,
     etaSeconds: asNumber(progress.eta_s),
     created: parseTime(data.created),
-    experimentId: typeof data.experiment_id === 'string' ? data.experiment_id : null,
     loss: parseSeries(data.loss)
   };
 }
@@ -178,12 +176,9 @@ export function formatStart(created: number, now: Date = new Date()): string {
   return `${when.getFullYear()}-${pad(when.getMonth() + 1)}-${pad(when.getDate())} ${time}`;
 }
 
-/** The run's page in the MLflow UI, or null without a UI URL or an experiment id. */
+/** The run's page in the MLflow UI (which finds the experiment itself), or null without a UI. */
 export function mlflowRunUrl(base: string | null, run: IRunSummary): string | null {
-  if (!base || !run.experimentId) {
-    return null;
-  }
-  return `${base}/#/experiments/${encodeURIComponent(run.experimentId)}/runs/${run.id}`;
+  return base ? `${base}/#/runs/${run.id}` : null;
 }
 
 /** The code of the cell that reattaches a notebook to a run. */

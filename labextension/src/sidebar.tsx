@@ -122,15 +122,13 @@ function RunItem(props: IRunItemProps): JSX.Element {
   const live = isLive(run.status);
   return (
     <li className="jp-ftmagic-run" data-run-id={run.id} data-status={run.status}>
-      <div className="jp-ftmagic-run-head">
-        <span className="jp-ftmagic-run-name" title={run.id}>
-          {run.name}
-        </span>
-        <span className={`jp-ftmagic-status jp-ftmagic-status-${run.status}`}>{run.status}</span>
+      <div className="jp-ftmagic-run-name" title={`${run.name} (${run.id})`}>
+        {run.name}
       </div>
       <div className="jp-ftmagic-run-meta">
         <span className="jp-ftmagic-run-model">{run.model}</span>
         <span className="jp-ftmagic-run-start">{formatStart(run.created)}</span>
+        <span className={`jp-ftmagic-status jp-ftmagic-status-${run.status}`}>{run.status}</span>
       </div>
       <div className="jp-ftmagic-run-curve">
         <Sparkline run={run} />

@@ -24,7 +24,6 @@ function rawRun(overrides: Record<string, unknown> = {}): Record<string, unknown
     status: 'RUNNING',
     progress: { step: 3, total_steps: 8, tokens: 1200, elapsed_s: 4.5, eta_s: 7.5 },
     created: 1764324000,
-    experiment_id: '1',
     loss: [
       [2, 3.5],
       [1, 4.0],
@@ -46,7 +45,6 @@ describe('parseRun', () => {
       totalSteps: 8,
       etaSeconds: 7.5,
       created: 1764324000 * 1000,
-      experimentId: '1',
       loss: [
         [1, 4.0],
         [2, 3.5],
@@ -182,10 +180,9 @@ describe('formatStart', () => {
 
 describe('links and cells', () => {
   const run = parseRun(rawRun())!;
-  it('builds the MLflow run URL only with a UI and an experiment', () => {
-    expect(mlflowRunUrl('http://h:5000', run)).toBe(`http://h:5000/#/experiments/1/runs/${ID_A}`);
+  it('builds the MLflow run URL only when a UI is known', () => {
+    expect(mlflowRunUrl('http://h:5000', run)).toBe(`http://h:5000/#/runs/${ID_A}`);
     expect(mlflowRunUrl(null, run)).toBeNull();
-    expect(mlflowRunUrl('http://h:5000', { ...run, experimentId: null })).toBeNull();
   });
   it('reattaches with %ft status', () => {
     expect(reattachCode(run)).toBe(`%ft status ${ID_A}`);

@@ -1,0 +1,258 @@
+"""The JupyterLab extension in a real browser: Debian's Chromium, driven by Playwright, against a
+real ``jupyter lab`` whose kernels train the built-in tiny model into a temp SQLite MLflow store.
+
+One pass through what a user does: open a fine-tuning notebook from the launcher, see the
+``%%finetune`` body highlighted as YAML (also while typing a new cell), dry-run it, train a short
+run and watch it in the runs sidebar go RUNNING then COMPLETED, start a longer run and cancel it
+from the sidebar (it ends STOPPED), insert a reattach cell and open the panel. Screenshots go to
+``build/lab-ui/`` (``docs/img/`` holds copies of ``sidebar.png`` and ``highlight.png``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import lab_ui_helpers
+from lab_ui_helpers import (
+    ARTIFACTS,
+    CHROMIUM_ARGS,
+    JS_WATCH_STATUSES,
+    Clock,
+    Lab,
+    cell_sources,
+    jupyter_lab,
+    require_chromium,
+    run_command,
+    sidebar_runs,
+    statuses_seen,
+    wait_kernel_idle,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+MLFLOW_UI = "http://127.0.0.1:5999"
+FAST = (
+    "tokens_per_batch: 512\nmicro_batch_tokens: 512\nvalidate_inputs: false\n"
+    "max_new_tokens: 4\nwarmup_steps: 1\nlearning_rate: 0.002\nexperiment_path: lab-ui\n"
+)
+SHORT_RUN = (
+    '%%finetune\nmodel: ftmagic/tiny-chat\ntrain_data_path: "{train}"\n'
+    f"training_duration: 8ba\ncheckpoint_interval: 8ba\n{FAST}"
+)
+LONG_RUN = (
+    '%%finetune\nmodel: ftmagic/tiny-chat\ntrain_data_path: "{train}"\n'
+    f"training_duration: 400ba\ncheckpoint_interval: 400ba\n{FAST}"
+)
+KEYS = ["model", "train_data_path", "training_duration", "checkpoint_interval"]
+SECOND = 1000  # Playwright waits are in milliseconds
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    from ftmagic.tracking import store
+
+    require_chromium()
+    root = tmp_path_factory.mktemp("lab-ui")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    store.client(uri).search_experiments()  # create the schema once, before two processes race
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "FTMAGIC_CHECKPOINT_DIR": str(root / "checkpoints"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("FTMAGIC_MLFLOW_UI", None)
+    with jupyter_lab(root, env, f"--FtmagicExtension.mlflow_ui_url={MLFLOW_UI}") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def page(lab: Lab) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(require_chromium()), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(
+                viewport={"width": 1440, "height": 900}, device_scale_factor=2
+            )
+            tab = context.new_page()
+            tab.set_default_timeout(60 * SECOND)
+            tab.goto(f"{lab.url}/lab?token={lab.token}")
+            tab.wait_for_selector(".jp-LauncherCard", timeout=120 * SECOND)
+            yield tab
+        finally:
+            browser.close()
+
+
+def jupyter_says(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "jupyter", *args], capture_output=True, text=True)
+    return re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)  # drop colours
+
+
+def test_extensions_are_installed_and_enabled() -> None:
+    """`pip install -e .` ships the built labextension and the server extension's config."""
+    labextensions = jupyter_says("labextension", "list")
+    assert re.search(r"ftmagic v0\.1\.0 enabled\s+OK", labextensions), labextensions
+    server = jupyter_says("server", "extension", "list")
+    assert "ftmagic enabled" in server, server
+    assert "ftmagic 0.1.0 OK" in server, server
+
+
+def test_missing_chromium_fails_in_ci(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(lab_ui_helpers, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="make browser"):
+        lab_ui_helpers.require_chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="make browser"):
+        lab_ui_helpers.require_chromium()
+
+
+def shoot(target: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    target.screenshot(path=str(path))
+    return path
+
+
+def last_cell(page: Any) -> Any:
+    return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").last
+
+
+def type_new_cell(page: Any, text: str) -> Any:
+    """Add a code cell at the end, type ``text`` into it key by key; returns the cell."""
+    last_cell(page).click()
+    page.keyboard.press("Escape")
+    page.keyboard.press("b")
+    page.keyboard.press("Enter")
+    page.keyboard.type(text)
+    return last_cell(page)
+
+
+def run_cell(page: Any, cell: Any, timeout: float = 180) -> None:
+    cell.click()
+    page.keyboard.press("Control+Enter")
+    page.wait_for_timeout(300)
+    wait_kernel_idle(page, timeout)
+
+
+def yaml_keys(cell: Any) -> list[str]:
+    return [t.strip() for t in cell.locator(".cm-content .tok-propertyName").all_text_contents()]
+
+
+def language(cell: Any) -> str | None:
+    value = cell.locator(".cm-content").get_attribute("data-language")
+    return str(value) if value is not None else None
+
+
+def new_run_id(page: Any, known: set[str], timeout: float = 120) -> str:
+    page.wait_for_function(
+        "n => document.querySelectorAll('li.jp-ftmagic-run').length > n",
+        arg=len(known),
+        timeout=timeout * SECOND,
+    )
+    (run_id,) = set(sidebar_runs(page)) - known
+    return run_id
+
+
+def wait_status(page: Any, run_id: str, status: str, timeout: float) -> None:
+    page.wait_for_selector(
+        f'li.jp-ftmagic-run[data-run-id="{run_id}"][data-status="{status}"]',
+        timeout=timeout * SECOND,
+    )
+
+
+def test_lab_extension_end_to_end(lab: Lab, page: Any) -> None:
+    from ftmagic.tracking import store
+    from ftmagic.tracking.run import get_run
+
+    uri = f"sqlite:///{lab.root / 'mlflow.db'}"
+    clock = Clock()
+
+    # 1. The launcher's "Fine-tuning notebook" makes a notebook that loads ftmagic, finds the
+    #    bundled NER data and dry-runs a %%finetune cell, highlighted as YAML.
+    page.locator(".jp-LauncherCard", has_text="Fine-tuning notebook").click()
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell >> nth=2")
+    sources = cell_sources(page)
+    assert sources[0] == "%load_ext ftmagic"
+    assert 'examples.path("ner", "train")' in sources[1]
+    assert sources[2].startswith("%%finetune --dry-run\n")
+    cells = page.locator(".jp-NotebookPanel .jp-Cell")
+    template = cells.nth(2)
+    assert language(template) == "ftmagic-finetune"
+    assert {"model", "train_data_path", "training_duration"} <= set(yaml_keys(template))
+    assert template.locator(".cm-content .tok-keyword", has_text="%%finetune").count() == 1
+    assert language(cells.nth(1)) != "ftmagic-finetune"
+    assert cells.nth(1).locator(".tok-propertyName").count() == 0
+    clock.lap("new notebook")
+
+    # 2. Typing a %%finetune cell switches YAML highlighting on as the magic line is typed.
+    cell = type_new_cell(page, SHORT_RUN)
+    assert language(cell) == "ftmagic-finetune"
+    assert yaml_keys(cell)[:4] == KEYS
+    assert cell.locator(".tok-number", has_text="512").count() == 2
+    page.keyboard.press("Escape")
+    shoot(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook"), "highlight.png")
+    clock.lap("typing")
+
+    wait_kernel_idle(page)
+    for index in range(3):
+        run_cell(page, cells.nth(index))
+    report = template.locator(".jp-OutputArea-output .ftmagic-validation")
+    report.wait_for(timeout=120 * SECOND)
+    assert ": OK" in report.inner_text()
+    clock.lap("kernel and dry run")
+
+    # 3. Train it; the sidebar shows it RUNNING, then COMPLETED with its curve and progress.
+    page.locator('.jp-SideBar .lm-TabBar-tab[data-id="ftmagic-runs"]').click()
+    page.wait_for_selector("#ftmagic-runs .jp-ftmagic-empty")
+    page.evaluate(JS_WATCH_STATUSES)
+    run_cell(page, cell)
+    first = new_run_id(page, set())
+    wait_status(page, first, "COMPLETED", timeout=300)
+    seen = statuses_seen(page)[first]
+    assert "RUNNING" in seen, seen
+    assert seen.index("RUNNING") < seen.index("COMPLETED"), seen
+    shown = sidebar_runs(page)[first]
+    assert shown["model"] == "ftmagic/tiny-chat"
+    assert shown["progress"] == "8/8"
+    assert shown["spark"].count("L") == 7  # 8 loss points
+    assert shown["mlflow"] == f"{MLFLOW_UI}/#/runs/{first}"
+    assert not shown["cancel"]
+    assert get_run(first, uri=uri).status == "COMPLETED"
+    clock.lap("short run")
+
+    # 4. A longer run is cancelled from the sidebar and ends STOPPED.
+    run_cell(page, type_new_cell(page, LONG_RUN))
+    second = new_run_id(page, {first})
+    wait_status(page, second, "RUNNING", timeout=180)
+    page.locator(f'li[data-run-id="{second}"] button.jp-ftmagic-cancel').click()
+    wait_status(page, second, "STOPPED", timeout=240)
+    assert store.cancel_requested(second, uri=uri)
+    stopped = get_run(second, uri=uri)
+    assert stopped.status == "STOPPED"
+    assert stopped.progress["step"] < 400
+    assert list(sidebar_runs(page)) == [second, first]  # newest first
+    shoot(page.locator("#ftmagic-runs .jp-ftmagic-runs-body"), "sidebar.png")
+    shoot(page, "lab.png")
+    clock.lap("cancelled run")
+
+    # 5. "Insert reattach cell" adds `%ft status <id>`; "Open the fine-tuning panel" runs one.
+    page.locator(f'li[data-run-id="{first}"] button.jp-ftmagic-reattach').click()
+    assert f"%ft status {first}" in cell_sources(page)
+    run_command(page, "ftmagic:open-panel")
+    page.wait_for_timeout(300)
+    wait_kernel_idle(page)
+    assert cell_sources(page)[-1] == "%ft panel"
+    last_cell(page).locator(".jp-OutputArea-output .jupyter-widgets").first.wait_for()
+    clock.lap("reattach and panel")
+    print(clock)
