@@ -90,15 +90,16 @@ def submit(config: RunConfig, run_id: str, *, resume: bool = False) -> None:
             run_id,
             uri,
         )
-    attempt = len(store.client(uri).get_run(run_id).data.tags.get(JOB_TAG, "").split(",")) + 1
+    tags = store.client(uri).get_run(run_id).data.tags
+    attempt = 1 + sum(e.type == "SUBMITTED" for e in store.parse_events(tags))
     job_id = client.submit_job(
         entrypoint=ENTRYPOINT,
         runtime_env=runtime_env(config, run_id, resume=resume, uri=uri),
         submission_id=f"ftmagic-{run_id}-{attempt}",
         metadata={"ftmagic_run_id": run_id},
     )
-    tags = [RunTag(JOB_TAG, job_id), RunTag(ADDRESS_TAG, address)]
-    store.client(uri).log_batch(run_id, tags=tags)
+    job_tags = [RunTag(JOB_TAG, job_id), RunTag(ADDRESS_TAG, address)]
+    store.client(uri).log_batch(run_id, tags=job_tags)
     store.add_event(run_id, "SUBMITTED", f"Ray job {job_id} submitted to {address}", uri=uri)
 
 
