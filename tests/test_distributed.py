@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +187,66 @@ def test_full_state_dict_round_trip_reaches_every_rank(two_process_run: Path) ->
     plain = _tiny_llama(seed=5)
     plain.load_state_dict(state)
     assert torch.equal(plain.state_dict()["lm_head.weight"], state["lm_head.weight"])
+
+
+# --- benchmarks/gpu_check.py: the parts that need no GPU ----------------------------------------
+
+
+def _gpu_check() -> Any:
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_gpu_check_counts_parameters_like_transformers(tied: bool) -> None:
+    from transformers import LlamaForCausalLM
+
+    gpu_check = _gpu_check()
+    shape = gpu_check.ModelShape(tied=tied)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(gpu_check.llama_config(shape))
+    assert gpu_check.parameter_count(shape) == model.num_parameters()
+    if tied:
+        assert gpu_check.parameter_count(shape) == 1_235_814_400  # Llama-3.2-1B
+
+
+def test_gpu_check_mfu_and_peaks() -> None:
+    gpu_check = _gpu_check()
+    assert gpu_check.peak_bf16_tflops("NVIDIA H200") == 989.0
+    assert gpu_check.peak_bf16_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert gpu_check.peak_bf16_tflops("NVIDIA H100 PCIe") == 756.0
+    assert gpu_check.peak_bf16_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert gpu_check.peak_bf16_tflops("Some Future GPU") is None
+    shape = gpu_check.ModelShape()
+    # 6 * (all params, the tied head included) + 12 * 16 layers * 2048 * 4096 tokens
+    expected = 6 * 1_235_814_400 + 12 * 16 * 2048 * 4096
+    assert gpu_check.flops_per_token(shape, 4096) == expected
+    assert gpu_check.mfu(10_000.0, expected, 989.0) == pytest.approx(10_000 * expected / 989e12)
+    assert gpu_check.mfu(10_000.0, expected, None) is None
+    result = gpu_check.BenchResult("ftmagic (FSDP2)", 12_345.6, 0.5, 30.25, 0.4321, 11.5)
+    table = gpu_check.format_report([result], "NVIDIA H200", shape, 32768)
+    assert "| ftmagic (FSDP2) | 12,346 | 0.500 | 43.2% | 30.2 | 11.500 |" in table
+    assert "1,236M params" in table and "32,768 tokens per step" in table
+
+
+def test_gpu_check_explains_a_machine_without_cuda(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gpu_check = _gpu_check()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main(["--steps", "1"]) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "--skip-trl" in done.stdout
