@@ -147,11 +147,19 @@ def test_script_error_has_no_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_runs_table_on_an_empty_store(
-    mlflow_store: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_runs_table(mlflow_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from ftmagic.tracking import store
+
     assert main(["runs", "--limit", "5"]) == 0
     assert capsys.readouterr().out.strip() == "(none)"
+    config = RunConfig(model="ftmagic/tiny-chat", train_data_path=NER, experiment_path="cli-test")
+    run_id = store.create_run(config, backend="inkernel")
+    assert main(["runs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["run_id", "name", "status", "model", "created"]
+    assert lines[1].startswith(run_id)
+    assert "ftmagic/tiny-chat" in lines[1]
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d$", lines[1])
 
 
 def test_validate_report_json_serialisable_through_cli_config(tmp_path: Path) -> None:

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     server.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     server.add_argument("--store", help="folder of the run store (default: the tracking URI)")
+    server.add_argument(
+        "--allow-remote", action="store_true", help="allow a --host other than localhost"
+    )
     server.set_defaults(handler=cmd_server)
     return parser
 
@@ -232,22 +235,33 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _run_row(run: Any) -> list[str]:
-    config = getattr(run, "config", None)
-    values = [
-        getattr(run, "run_id", ""),
-        getattr(run, "name", ""),
-        getattr(run, "status", ""),
-        getattr(config, "model", ""),
-        getattr(run, "created", ""),
-    ]
-    return ["" if v is None else str(v) for v in values]
+    names = ("run_id", "name", "status", "config.model", "created")
+    return [_cell(_read(run, name)) for name in names]
+
+
+def _read(value: Any, dotted: str) -> Any:
+    """An attribute path of a run; a run whose record is incomplete shows '?' there."""
+    try:
+        for part in dotted.split("."):
+            value = getattr(value, part)
+    except Exception:  # one unreadable run must not hide the others
+        return "?"
+    return value
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if hasattr(value, "strftime"):
+        return str(value.strftime("%Y-%m-%d %H:%M"))
+    return str(value)
 
 
 def cmd_server(args: argparse.Namespace) -> int:
     from ftmagic.runners.server import serve
 
     store = str(Path(args.store).resolve()) if args.store else None
-    return serve(host=args.host, port=args.port, store=store)
+    return serve(host=args.host, port=args.port, store=store, allow_remote=args.allow_remote)
 
 
 def format_table(columns: list[str], rows: list[list[str]]) -> str:

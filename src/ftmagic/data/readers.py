@@ -67,8 +67,8 @@ def iter_records(path: str, errors: list[DataError] | None = None) -> Iterator[R
 def iter_text_files(path: str, errors: list[DataError] | None = None) -> Iterator[tuple[str, str]]:
     """Yield ``(source, text)`` for every ``.txt`` file under ``path`` (recursively, sorted).
 
-    ``path`` may also be a single ``.txt`` file. A file that is not UTF-8 is reported through
-    ``errors`` (or raised) and skipped.
+    ``path`` may also be a single ``.txt`` file. Each file is one document and is read whole. A
+    file that is not UTF-8 is reported through ``errors`` (or raised) and skipped.
     """
     fs, root = _filesystem(path)
     if not fs.exists(root):
