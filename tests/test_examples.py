@@ -142,6 +142,23 @@ def test_extract_entities_parses_forgivingly(text: str, expected: list[str]) -> 
     assert examples.extract_entities(text) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        ('["metformin"]', True),
+        ("[]", True),
+        ('Answer: ["a", "b"] done', True),
+        ('["metformin", "lisino', False),
+        ("[metformin]", False),
+        ('["a", 3]', False),
+        ("metformin", False),
+        ("", False),
+    ],
+)
+def test_is_json_list_checks_the_answer_format(text: str, valid: bool) -> None:
+    assert examples.is_json_list(text) is valid
+
+
 # --- ner_scores and evaluate_ner ----------------------------------------------------------------
 def test_ner_scores_count_micro_averaged_matches() -> None:
     scores = examples.ner_scores(
@@ -181,14 +198,14 @@ def test_evaluate_ner_scores_a_generate_function() -> None:
 
     perfect = examples.evaluate_ner(oracle, records)
     assert (perfect["precision"], perfect["recall"], perfect["f1"]) == (1.0, 1.0, 1.0)
-    assert perfect["n"] == 20 and len(perfect["outputs"]) == 20
+    assert perfect["n"] == 20 and len(perfect["outputs"]) == 20 and perfect["json_valid"] == 1.0
     assert [m[-1]["role"] for m in seen] == ["user"] * 20
 
     def silent(batch: list[list[dict[str, str]]]) -> list[str]:
         return ["I do not know"] * len(batch)
 
     empty = examples.evaluate_ner(silent, records, batch_size=8)
-    assert empty["f1"] == 0.0 and empty["tp"] == 0
+    assert empty["f1"] == 0.0 and empty["tp"] == 0 and empty["json_valid"] == 0.0
     assert empty["fn"] == sum(len(r) for r in empty["references"]) > 0
 
 

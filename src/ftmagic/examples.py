@@ -122,6 +122,24 @@ def extract_entities(text: str) -> list[str]:
     return _clean(items)
 
 
+def is_json_list(text: str) -> bool:
+    """Whether ``text`` holds a well-formed JSON list of strings (prose around it allowed): the
+    answer format the NER task asks for, whatever the names in it.
+
+    >>> is_json_list('["a", "b"]'), is_json_list("[]"), is_json_list('["a", "b'), is_json_list("a")
+    (True, True, False, False)
+    """
+    start = text.find("[")
+    end = text.find("]", start)
+    if start < 0 or end < 0:
+        return False
+    try:
+        parsed = json.loads(text[start : end + 1])
+    except ValueError:
+        return False
+    return isinstance(parsed, list) and all(isinstance(item, str) for item in parsed)
+
+
 def _best_effort_items(inside: str) -> list[str]:
     if '"' in inside or "'" in inside:
         return [double if double else single for double, single in _QUOTED.findall(inside)]
@@ -179,8 +197,9 @@ def evaluate_ner(
 
     ``generate_fn`` answers one conversation (a list of messages without the final answer) with
     text; with ``batch_size`` it answers a list of conversations with a list of texts instead, which
-    is much faster for local models. Returns ``ner_scores`` plus ``n``, the raw ``outputs`` and the
-    parsed ``predictions`` (handy for a table of mistakes).
+    is much faster for local models. Returns ``ner_scores`` plus ``json_valid`` (the fraction of
+    answers that are a well-formed JSON list), ``n``, the raw ``outputs``, the parsed
+    ``predictions`` and the ``references`` (handy for a table of mistakes).
     """
     prompts = [prompt_messages(example) for example in examples]
     if batch_size:
@@ -193,5 +212,12 @@ def evaluate_ner(
     predictions = [extract_entities(text) for text in outputs]
     references = [reference_entities(example) for example in examples]
     scores: dict[str, Any] = dict(ner_scores(predictions, references))
-    scores.update(n=len(examples), outputs=outputs, predictions=predictions, references=references)
+    valid = sum(is_json_list(text) for text in outputs)
+    scores.update(
+        json_valid=valid / len(outputs) if outputs else 0.0,
+        n=len(examples),
+        outputs=outputs,
+        predictions=predictions,
+        references=references,
+    )
     return scores
