@@ -144,7 +144,7 @@ function RunItem(props: IRunItemProps): JSX.Element {
       <div className="jp-ftmagic-run-actions">
         {live ? (
           <button
-            className="jp-Button jp-mod-styled jp-mod-warn jp-ftmagic-cancel"
+            className="jp-Button jp-mod-styled jp-mod-small jp-mod-warn jp-ftmagic-cancel"
             onClick={() => props.onCancel(run)}
           >
             Cancel
@@ -156,7 +156,7 @@ function RunItem(props: IRunItemProps): JSX.Element {
           </a>
         ) : null}
         <button
-          className="jp-Button jp-mod-styled jp-ftmagic-reattach"
+          className="jp-Button jp-mod-styled jp-mod-small jp-ftmagic-reattach"
           title={`Insert a cell with %ft status ${run.id} into the active notebook`}
           onClick={() => props.onReattach(run)}
         >
