@@ -14,7 +14,7 @@ from fixtures_runners import free_port, is_healthy, stop_process, wait_until
 from ftmagic.errors import FtmagicError
 from ftmagic.runners import server
 
-SERVER = [sys.executable, "-m", "ftmagic.runners.server"]
+SERVER = [sys.executable, "-m", "ftmagic.cli", "server"]  # `ftmagic server`
 
 
 def test_loopback_hosts_are_recognised() -> None:
@@ -93,10 +93,22 @@ def test_server_answers_health_takes_a_run_and_stops_cleanly(
 
 def test_second_server_on_a_busy_port_says_so(tmp_path: Path) -> None:
     with pytest.raises(FtmagicError, match="already answers"):
-        _serve_against_fake_health(tmp_path)
+        _serve_against_fake_health(tmp_path, "127.0.0.1", allow_remote=False, said=[])
 
 
-def _serve_against_fake_health(tmp_path: Path) -> None:
+def test_allow_remote_warns_before_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    said: list[str] = []
+    with pytest.raises(FtmagicError, match="already answers"):
+        _serve_against_fake_health(tmp_path, "0.0.0.0", allow_remote=True, said=said)
+    assert len(said) == 1 and "no authentication" in said[0]
+    assert any("no authentication" in r.getMessage() for r in caplog.records)
+
+
+def _serve_against_fake_health(
+    tmp_path: Path, host: str, *, allow_remote: bool, said: list[str]
+) -> None:
     """A tiny HTTP server that answers /health like MLflow, so ``serve`` must refuse the port."""
     import http.server
     import threading
@@ -114,6 +126,7 @@ def _serve_against_fake_health(tmp_path: Path) -> None:
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        server.serve("127.0.0.1", httpd.server_address[1], tmp_path, announce=lambda _: None)
+        port = int(httpd.server_address[1])
+        server.serve(host, port, tmp_path, allow_remote=allow_remote, announce=said.append)
     finally:
         httpd.shutdown()
