@@ -201,3 +201,17 @@ def test_address_comes_from_config_then_environment(
     assert ftmagic.RunConfig.from_yaml(env_vars[ray_runner.CONFIG_ENV]) == config
     assert env_vars[ray_runner.RUN_ID_ENV] == "b" * 32 and env_vars[ray_runner.RESUME_ENV] == "1"
     assert env_vars["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
+
+
+def test_entry_reads_the_job_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ftmagic.runners import ray_entry
+
+    monkeypatch.delenv(ray_runner.CONFIG_ENV, raising=False)
+    monkeypatch.delenv(ray_runner.RUN_ID_ENV, raising=False)
+    with pytest.raises(SystemExit, match="FTMAGIC_CONFIG_YAML, FTMAGIC_RUN_ID not set"):
+        ray_entry.job_arguments()
+    config = tiny_config(tmp_path / "d.jsonl", backend="ray", num_processes=2)
+    env = ray_runner.runtime_env(config, "c" * 32, resume=False, uri="http://127.0.0.1:5000")
+    for name, value in env["env_vars"].items():
+        monkeypatch.setenv(name, value)
+    assert ray_entry.job_arguments() == (config, "c" * 32, False)

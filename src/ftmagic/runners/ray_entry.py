@@ -47,7 +47,6 @@ def run_ray_train(config: RunConfig, run_id: str, *, resume: bool) -> int:
     from ray.train.torch import TorchTrainer
 
     from ftmagic.runners._process import recorded_status
-    from ftmagic.tracking.store import TERMINAL, set_status
 
     ray.init(ignore_reinit_error=True)
     use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
@@ -61,20 +60,35 @@ def run_ray_train(config: RunConfig, run_id: str, *, resume: bool) -> int:
         trainer.fit()
     except Exception as err:  # a worker died: record it unless the trainer already did
         log.exception("run %s: Ray Train failed", run_id)
-        if recorded_status(run_id) not in TERMINAL:
-            set_status(run_id, "FAILED", f"Ray Train failed: {type(err).__name__}: {err}")
+        _record_failure(run_id, f"Ray Train failed: {type(err).__name__}: {err}")
     return 1 if recorded_status(run_id) == "FAILED" else 0
 
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config, run_id, resume = job_arguments()
-    if config.num_processes > 1:
-        return run_ray_train(config, run_id, resume=resume)
-    from ftmagic.train.cli import train_command
+    try:
+        if config.num_processes > 1:
+            return run_ray_train(config, run_id, resume=resume)
+        from ftmagic.train.cli import train_command
 
-    # SIGTERM (stop_job) stops after the current step with a checkpoint, as in `ftmagic train`.
-    return train_command(config, run_id=run_id, resume=resume)
+        # SIGTERM (stop_job) stops after the current step with a checkpoint, as `ftmagic train`.
+        return train_command(config, run_id=run_id, resume=resume)
+    except Exception as err:  # the job failed before or around the trainer: say so in MLflow
+        log.exception("run %s: the Ray job failed", run_id)
+        _record_failure(run_id, f"the Ray job failed: {type(err).__name__}: {err}")
+        return 1
+
+
+def _record_failure(run_id: str, reason: str) -> None:
+    from ftmagic.runners._process import recorded_status
+    from ftmagic.tracking.store import TERMINAL, set_status
+
+    try:
+        if recorded_status(run_id) not in TERMINAL:
+            set_status(run_id, "FAILED", reason)
+    except Exception:
+        log.exception("run %s: could not record the failure", run_id)
 
 
 if __name__ == "__main__":
