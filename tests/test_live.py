@@ -113,7 +113,7 @@ def test_html_helpers() -> None:
             {"step": 4, "prompt": "p2", "response": "c"},
         ]
     )
-    assert grid.count("<th>step") == 2 and grid.count("<tr>") == 3
+    assert grid.count(">step ") == 2 and grid.count("<tr>") == 3
     command = render.serve_command("models:/ner/1")
     assert command.startswith("mlflow models serve -m models:/ner/1 --host 127.0.0.1")
     assert status_name(type("S", (), {"value": "STOPPED"})()) == "STOPPED"

@@ -10,6 +10,9 @@ from collections.abc import Iterable, Sequence
 from types import MappingProxyType
 from typing import Any
 
+TABLE = "<table style='border-collapse:collapse;text-align:left'>"
+CELL = "style='text-align:left;vertical-align:top;padding:2px 8px;border-bottom:1px solid #ddd'"
+
 STATUS_COLORS = MappingProxyType(
     {
         "PENDING": "#757575",
@@ -79,14 +82,8 @@ def generations_html(generations: Sequence[dict[str, Any]]) -> str:
         return "<i style='color:#777'>no generations yet (they come with each checkpoint)</i>"
     newest = max(int(g.get("step", 0)) for g in generations)
     rows = [g for g in generations if int(g.get("step", 0)) == newest]
-    body = "".join(
-        f"<tr><td>{_cell(g.get('prompt'))}</td><td>{_cell(g.get('response'))}</td></tr>"
-        for g in rows
-    )
-    return (
-        f"<b>generations at step {newest}</b>"
-        f"<table><tr><th>prompt</th><th>response</th></tr>{body}</table>"
-    )
+    table = table_html(("prompt", "response"), [(g.get("prompt"), g.get("response")) for g in rows])
+    return f"<b>generations at step {newest}</b>{table}"
 
 
 def generations_by_checkpoint_html(generations: Sequence[dict[str, Any]]) -> str:
@@ -96,14 +93,14 @@ def generations_by_checkpoint_html(generations: Sequence[dict[str, Any]]) -> str
     steps = sorted({int(g.get("step", 0)) for g in generations})
     prompts = list(dict.fromkeys(str(g.get("prompt")) for g in generations))
     answer = {(str(g.get("prompt")), int(g.get("step", 0))): g.get("response") for g in generations}
-    head = "<tr><th>prompt</th>" + "".join(f"<th>step {s}</th>" for s in steps) + "</tr>"
+    head = f"<tr><th {CELL}>prompt</th>" + "".join(f"<th {CELL}>step {s}</th>" for s in steps)
     body = "".join(
-        f"<tr><td>{_cell(p)}</td>"
-        + "".join(f"<td>{_cell(answer.get((p, s), ''))}</td>" for s in steps)
+        f"<tr><td {CELL}>{_cell(p)}</td>"
+        + "".join(f"<td {CELL}>{_cell(answer.get((p, s), ''))}</td>" for s in steps)
         + "</tr>"
         for p in prompts
     )
-    return f"<table>{head}{body}</table>"
+    return f"{TABLE}{head}</tr>{body}</table>"
 
 
 def serve_command(registered_model: str, *, port: int = 5001) -> str:
@@ -127,9 +124,11 @@ def results_html(registered_model: str | None, tracking_uri: str | None = None) 
 
 
 def table_html(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    head = "".join(f"<th {CELL}>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td {CELL}>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows
+    )
+    return f"{TABLE}<tr>{head}</tr>{body}</table>"
 
 
 def _cell(value: Any) -> str:

@@ -50,17 +50,15 @@ class LiveView(widgets.VBox):
         )
         self.cancel_button.on_click(lambda _button: self.cancel())
         self.message = widgets.HTML()
-        details = widgets.Accordion(
-            [self.events_html, self.generations_html], titles=("events", "eval generations")
-        )
-        details.selected_index = 0
+        events = widgets.Accordion([self.events_html], titles=("events",), selected_index=0)
         super().__init__(
             [
                 self.title,
                 widgets.HBox([self.progress_bar, self.cancel_button]),
                 self.progress_text,
                 self.plot,
-                details,
+                self.generations_html,
+                events,
                 self.message,
             ]
         )

@@ -16,6 +16,7 @@ def curves_png(metrics: dict[str, Series], *, width: float = 8.0, height: float 
     """A PNG of train/eval loss (left) and the learning rate (right) against the step."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(width, height), dpi=80)
     FigureCanvasAgg(figure)
@@ -31,6 +32,7 @@ def curves_png(metrics: dict[str, Series], *, width: float = 8.0, height: float 
     lr_axes.set_xlabel("step", fontsize=9)
     lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     for axes in (loss_axes, lr_axes):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.tick_params(labelsize=8)
         axes.grid(alpha=0.3)
     figure.tight_layout()
