@@ -75,7 +75,7 @@ def ftmagic_config(data: Path, steps: int, *, packing: bool) -> Any:
         training_duration=f"{steps}ba",
         checkpoint_interval="1000000ba",
         tokens_per_batch=4096,
-        micro_batch_tokens=4096,
+        micro_batch_tokens=16384,  # one forward pass per step, as TRL does
         learning_rate=LR,
         lr_schedule="constant",
         warmup_steps=0,
@@ -87,9 +87,8 @@ def ftmagic_config(data: Path, steps: int, *, packing: bool) -> Any:
 
 
 def tokenized(config: Any) -> tuple[Any, list[Any]]:
-    from ftmagic.data.dataset import load_examples
-
     from ftmagic.catalog import load_tokenizer
+    from ftmagic.data.dataset import load_examples
 
     tokenizer = load_tokenizer(config.model)
     return tokenizer, load_examples(config, tokenizer, split="train")
@@ -131,8 +130,7 @@ def run_ftmagic(
     reporter.close()
     stop_reader.set()
     counted = session.plan.steps[warmup:]
-    width = session.plan.row_width
-    slots = sum(sum(width(r) for r in s.rows) for s in counted)
+    slots = sum(batch_slots(session, s) for s in counted)
     real = sum(s.tokens for s in counted)
     return {
         "tokens_per_s": real / (stamps[-1] - stamps[warmup]),
@@ -140,6 +138,18 @@ def run_ftmagic(
         "final_loss": sum(losses[-5:]) / 5,
         "tokens_per_step": real / len(counted),
     }
+
+
+def batch_slots(session: Any, step: Any) -> int:
+    """Token slots (real and pad) of a step's micro-batches: padded rows are as long as the
+    longest in their micro-batch, packed rows are ``pack_length``."""
+    from ftmagic.train import trainer
+
+    plan = session.plan
+    total = 0
+    for rows, _weight in trainer.rank_micro_batches(session, step):
+        total += len(rows) * max(plan.row_width(r) for r in rows)
+    return total
 
 
 def live_reader(run_id: str, stop: threading.Event) -> None:
