@@ -15,6 +15,7 @@ import { ILauncher } from '@jupyterlab/launcher';
 import { INotebookTracker, NotebookActions, type NotebookPanel } from '@jupyterlab/notebook';
 
 import { finetuneCells, newNotebookCells, panelCellCode } from './cells';
+import { isFinetuneCell } from './finetuneCell';
 import { finetuneHighlighting } from './highlight';
 import { runsIcon } from './icon';
 import { type IRunSummary, reattachCode } from './model';
@@ -102,6 +103,12 @@ const runsPlugin: JupyterFrontEndPlugin<void> = {
     const sidebar = new RunsSidebar(reattach);
     shell.add(sidebar, 'left', { rank: 650 });
     restorer?.add(sidebar, sidebar.id);
+    // A %%finetune cell that ran has just created a run: show it without waiting for the poll.
+    NotebookActions.executed.connect((_, { cell }) => {
+      if (isFinetuneCell(cell.model.sharedModel.getSource())) {
+        sidebar.poller.poke();
+      }
+    });
 
     commands.addCommand(CommandIDs.newNotebook, {
       label: args => (args.isLauncher ? 'Fine-tuning notebook' : 'New fine-tuning notebook'),

@@ -66,6 +66,13 @@ export class RunsPoller {
     }
   }
 
+  /** Fetch now when polling (e.g. a `%%finetune` cell just ran, so a new run may exist). */
+  poke(): void {
+    if (this._active) {
+      void this.refresh();
+    }
+  }
+
   async cancel(run: IRunSummary): Promise<void> {
     try {
       await cancelRun(run.id);
