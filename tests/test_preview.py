@@ -105,8 +105,18 @@ def test_instruction_and_pretraining_roles() -> None:
 def test_bad_examples_are_data_errors() -> None:
     with pytest.raises(DataError, match="not valid JSON"):
         preview("ftmagic/tiny-chat", "{not json")
-    with pytest.raises(DataError, match="at least one assistant message"):
+    with pytest.raises(DataError, match="no assistant message"):
         preview("ftmagic/tiny-chat", {"messages": [{"role": "user", "content": "hi"}]})
+    assistant_first = {
+        "messages": [
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "bye"},
+        ]
+    }
+    with pytest.raises(DataError) as caught:
+        preview("ftmagic/tiny-chat", assistant_first)
+    assert caught.value.field is not None and caught.value.field.startswith("messages[0]")
 
 
 def test_public_api_preview() -> None:

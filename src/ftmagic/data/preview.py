@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ftmagic.data.render import CHAT, INSTRUCTION, PRETRAIN, chat_spans, render
+from ftmagic.data.rules import check_record
 from ftmagic.errors import DataError
 
 TEMPLATE = "template"
@@ -128,6 +129,9 @@ def preview(
 
     task_type = str(task_type).upper()
     data = _as_record(example, task_type)
+    problems = check_record(data, task_type, source="<example>", line=1)
+    if problems:
+        raise problems[0]
     limit = context_length or resolve_model(model).context_length
     tokenizer = load_tokenizer(model)
     rendered = render(tokenizer, data, task_type, max_length=limit, source="<example>")
