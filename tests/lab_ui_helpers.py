@@ -85,6 +85,16 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
+def _kill_kernels(runtime_dir: Path) -> None:
+    """Kill kernels still running from this server's runtime folder (they run in their own
+    sessions, so stopping the server's process group does not reach them)."""
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if str(runtime_dir) in cmdline and "kernel" in cmdline:
+                os.kill(int(proc_dir.name), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def jupyter_lab(root: Path, env: dict[str, str], *extra: str) -> Iterator[Lab]:
     """``jupyter lab`` on 127.0.0.1 with a random token, isolated settings and workspaces."""
@@ -126,6 +136,7 @@ def jupyter_lab(root: Path, env: dict[str, str], *extra: str) -> Iterator[Lab]:
         yield lab
     finally:
         _stop(proc)
+        _kill_kernels(state / "runtime")
 
 
 def _answers(lab: Lab, proc: subprocess.Popen[bytes]) -> bool:
