@@ -14,9 +14,12 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ftmagic.config import RunConfig
+
+if TYPE_CHECKING:
+    from ftmagic.train.trainer import TrainResult
 
 DEMO_MODEL_NAME = "ftmagic.demo.ner_tiny"
 DEMO_PROMPTS = 2  # held-out sentences whose generations are logged at each checkpoint
@@ -26,6 +29,16 @@ DEMO_SCORED = 20  # held-out chats scored at the end
 def train_command(config: RunConfig, *, run_id: str | None = None, resume: bool = False) -> int:
     """Train ``config`` here and now (creating its MLflow run unless ``run_id`` names one) and
     print a summary. Ctrl-C or SIGTERM stops after the current step with a final checkpoint."""
+    result = train_here(config, run_id=run_id, resume=resume)
+    if result is None:
+        return 2
+    return 1 if result.status == "FAILED" else 0
+
+
+def train_here(
+    config: RunConfig, *, run_id: str | None = None, resume: bool = False
+) -> TrainResult | None:
+    """``train_command``'s work; the result, or None (and a message) for wrong arguments."""
     from ftmagic.tracking import store
     from ftmagic.train.trainer import train
 
@@ -33,10 +46,10 @@ def train_command(config: RunConfig, *, run_id: str | None = None, resume: bool 
         print(
             "ftmagic train: --resume needs --run-id RUN_ID (the run to continue)", file=sys.stderr
         )
-        return 2
+        return None
     if run_id is None and _world_size() > 1:
         print("ftmagic train: several processes need --run-id (one run for all)", file=sys.stderr)
-        return 2
+        return None
     is_main = os.environ.get("RANK", "0") == "0"
     if run_id is None:
         run_id = store.create_run(config, backend="local")
@@ -45,7 +58,7 @@ def train_command(config: RunConfig, *, run_id: str | None = None, resume: bool 
         result = train(config, run_id, stop_event=stop, resume=resume, progress=bar.update)
     if is_main:
         print(summary(result))
-    return 1 if result.status == "FAILED" else 0
+    return result
 
 
 def _world_size() -> int:
@@ -163,23 +176,22 @@ def demo_command() -> int:
         f"ftmagic demo: fine-tuning {config.model} to list the drug names in a sentence, on "
         f"{Path(config.train_data_path).name} (bundled NER chats), for {config.training_duration}"
     )
-    code = train_command(config)
-    if code == 0:
-        print(score_demo())
-        print("try it in Python: ftmagic.get(RUN_ID).generate('...'); notebooks: make lab")
-    return code
+    result = train_here(config)
+    if result is None or result.status == "FAILED":
+        return 1
+    if result.registered_model:
+        print(score_demo(result.registered_model))
+        print(f"try it in Python: ftmagic.get('{result.run_id}').generate('...')")
+    return 0
 
 
-def score_demo(count: int = DEMO_SCORED) -> str:
-    """Drug-name F1 of the newest demo model on ``count`` held-out test chats."""
+def score_demo(model_uri: str, count: int = DEMO_SCORED) -> str:
+    """Drug-name F1 of registered model ``model_uri`` on ``count`` held-out test chats."""
     from ftmagic import examples
     from ftmagic.tracking import store
     from ftmagic.train.generation import generate, load_for_inference
 
-    versions = store.client().search_model_versions(f"name = '{DEMO_MODEL_NAME}'")
-    latest = max(int(v.version) for v in versions)
-    folder = store.download_registered_model(f"models:/{DEMO_MODEL_NAME}/{latest}")
-    model, tokenizer = load_for_inference(folder)
+    model, tokenizer = load_for_inference(store.download_registered_model(model_uri))
     scores = examples.evaluate_ner(
         lambda messages: generate(model, tokenizer, messages, max_new_tokens=24),
         examples.load("ner", "test")[:count],
