@@ -6,6 +6,7 @@ when they are called. ``%load_ext ftmagic`` registers the ``%%finetune`` and ``%
 
 from __future__ import annotations
 
+import builtins
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -67,9 +68,9 @@ def load_ipython_extension(ipython: Any) -> None:
     load(ipython)
 
 
-def _jupyter_server_extension_points() -> list[dict[str, str]]:
+def _jupyter_server_extension_points() -> builtins.list[dict[str, str]]:
     return [{"module": "ftmagic.server_extension"}]
 
 
-def _jupyter_labextension_paths() -> list[dict[str, str]]:
+def _jupyter_labextension_paths() -> builtins.list[dict[str, str]]:
     return [{"src": "labextension", "dest": "ftmagic"}]
