@@ -54,7 +54,7 @@ def cancel(run: Run) -> Run:
     if hasattr(module, "cancel"):
         module.cancel(run)
     else:
-        store.request_cancel(run.run_id)
+        store.request_cancel(run.run_id, uri=run.tracking_uri)
     run.refresh()
     return run
 

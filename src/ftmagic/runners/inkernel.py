@@ -70,7 +70,7 @@ def cancel(run: Run) -> None:
     job = _JOBS.get(run.run_id)
     if job is not None:
         job.stop.set()
-    store.request_cancel(run.run_id)
+    store.request_cancel(run.run_id, uri=run.tracking_uri)
 
 
 def running() -> list[str]:

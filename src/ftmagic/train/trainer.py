@@ -387,6 +387,23 @@ class Reporter:
         self._metrics: Any = None
         self._last_heartbeat = 0.0
         self._last_cancel_poll = time.monotonic()
+        self._stop_beating = threading.Event()
+
+    def start_heartbeat(self) -> None:
+        """Beat from a daemon thread until ``close``: a slow model load, a long step or a busy
+        machine must not make a live run look dead; a killed process stops beating at once."""
+        if not self.enabled:
+            return
+
+        def beat() -> None:
+            while not self._stop_beating.wait(HEARTBEAT_SECONDS):
+                try:
+                    self.store.heartbeat(self.run_id)
+                except Exception as err:  # the next beat retries; training goes on
+                    log.warning("heartbeat of run %s failed: %s", self.run_id, err)
+
+        name = f"ftmagic-heartbeat-{self.run_id[:8]}"
+        threading.Thread(target=beat, name=name, daemon=True).start()
 
     @property
     def store(self) -> Any:
@@ -439,6 +456,7 @@ class Reporter:
         return bool(self.store.cancel_requested(self.run_id))
 
     def close(self) -> None:
+        self._stop_beating.set()
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
@@ -1052,6 +1070,7 @@ def train(
     session: Session | None = None
     try:
         reporter.status("RUNNING")
+        reporter.start_heartbeat()
         resume_from = find_resume_checkpoint(run_id, reporter) if resume else None
         data = prepare_data(config, reporter)
         session = setup(config, run_id, ctx, reporter, data, resume_from)
