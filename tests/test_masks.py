@@ -15,17 +15,10 @@ from transformers import AutoTokenizer
 from ftmagic.catalog import model_path
 from ftmagic.data.render import TokenizedExample, chunk_texts, render
 from ftmagic.errors import DataError
+from ftmagic.tiny import LLAMA3_TEMPLATE
 
-# meta-llama/Meta-Llama-3-8B-Instruct
-LLAMA3 = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-    "+ message['content'] | trim + '<|eot_id|>' %}"
-    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
-    "{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
-    "{% endif %}"
-)
+# meta-llama/Meta-Llama-3-8B-Instruct: the template the tiny chat model ships.
+LLAMA3 = LLAMA3_TEMPLATE
 
 # meta-llama/Llama-3.2-1B-Instruct (Llama 3.1 and 3.3 differ only in their tool lines): a system
 # header with the knowledge cutoff and today's date is always rendered.
