@@ -45,7 +45,7 @@ FAST = (
 )
 SHORT_RUN = (
     '%%finetune\nmodel: ftmagic/tiny-chat\ntrain_data_path: "{train}"\n'
-    f"training_duration: 8ba\ncheckpoint_interval: 8ba\n{FAST}"
+    f"training_duration: 120ba\ncheckpoint_interval: 120ba\n{FAST}"
 )
 LONG_RUN = (
     '%%finetune\nmodel: ftmagic/tiny-chat\ntrain_data_path: "{train}"\n'
@@ -212,20 +212,21 @@ def test_lab_extension_end_to_end(lab: Lab, page: Any) -> None:
     assert ": OK" in report.inner_text()
     clock.lap("kernel and dry run")
 
-    # 3. Train it; the sidebar shows it RUNNING, then COMPLETED with its curve and progress.
+    # 3. Train it; the sidebar shows it RUNNING, then COMPLETED with its curve and progress. The
+    # run is long enough (tens of seconds when idle) for the sidebar's polls to see it live.
     page.locator('.jp-SideBar .lm-TabBar-tab[data-id="ftmagic-runs"]').click()
     page.wait_for_selector("#ftmagic-runs .jp-ftmagic-empty")
     page.evaluate(JS_WATCH_STATUSES)
     run_cell(page, cell)
     first = new_run_id(page, set())
-    wait_status(page, first, "COMPLETED", timeout=300)
+    wait_status(page, first, "COMPLETED", timeout=600)
     seen = statuses_seen(page)[first]
     assert "RUNNING" in seen, seen
     assert seen.index("RUNNING") < seen.index("COMPLETED"), seen
     shown = sidebar_runs(page)[first]
     assert shown["model"] == "ftmagic/tiny-chat"
-    assert shown["progress"] == "8/8"
-    assert shown["spark"].count("L") == 7  # 8 loss points
+    assert shown["progress"] == "120/120"
+    assert shown["spark"].count("L") == 79  # 120 loss points, sent downsampled to 80
     assert shown["mlflow"] == f"{MLFLOW_UI}/#/runs/{first}"
     assert not shown["cancel"]
     assert get_run(first, uri=uri).status == "COMPLETED"
