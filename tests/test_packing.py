@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from ftmagic.catalog import load_model, load_tokenizer
 from ftmagic.data.packing import (
+    PADDING_TARGET,
     auto_pack_length,
     collate,
     collate_padded,
@@ -48,9 +49,10 @@ def test_pack_rejects_examples_longer_than_a_row() -> None:
 
 
 def test_auto_pack_length() -> None:
-    assert auto_pack_length([10, 130, 7], 2048) == 192
+    assert auto_pack_length([10, 130, 7], 2048) == 152  # one row: 3.3% padding, the least
+    assert auto_pack_length([100, 60, 60], 2048) == 120  # none up to 208 pads under the target; [100], [60, 60] pads least
     assert auto_pack_length([128], 2048) == 128
-    assert auto_pack_length([3], 2048) == 64
+    assert auto_pack_length([3], 2048) == 8
     assert auto_pack_length([1000], 1000) == 1000
     assert auto_pack_length([900], 1000, multiple=256) == 1000
     with pytest.raises(ValueError):
@@ -75,6 +77,9 @@ def test_padding_under_two_percent_on_realistic_lengths(
     pack_length = auto_pack_length(lengths, context)
     rows = pack(lengths, pack_length)
     assert padding_fraction(rows, lengths, pack_length) < 0.02
+    # It is the shortest such row length: every shorter candidate pads more.
+    for shorter in range(math.ceil(max(lengths) / 8) * 8, pack_length, 8):
+        assert padding_fraction(pack(lengths, shorter), lengths, shorter) >= PADDING_TARGET
     # One example per row would waste far more.
     assert padding_fraction([[i] for i in range(len(lengths))], lengths, pack_length) > 0.3
 

@@ -169,8 +169,8 @@ class RunConfig:
     )
     pack_length: int | None = _field(
         None,
-        "Row length for packing. Empty: the longest example, rounded up, capped at "
-        "context_length (keeps attention cheap without a varlen kernel).",
+        "Row length for packing. Empty: the shortest length from the longest example up "
+        "that packs with under 1.5% padding (keeps attention cheap without a varlen kernel).",
         group="optim",
     )
     warmup_steps: int | None = _field(
