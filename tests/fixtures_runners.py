@@ -9,13 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ftmagic.config import RunConfig
+from polling import wait_until
 
 NER = Path(str(resources.files("ftmagic.resources") / "ner"))
 SERVER_READY_S = 90.0
@@ -31,18 +31,6 @@ def is_healthy(url: str) -> bool:
     from ftmagic.runners.server import is_healthy as check
 
     return check(url)
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, poll: float = 0.5) -> Any:
-    """Poll ``condition`` until it returns something truthy; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(poll)
 
 
 def stop_process(process: subprocess.Popen[Any], timeout: float = 20.0) -> int:

@@ -4,8 +4,7 @@ on the built-in tiny model that trains in a few seconds."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -111,14 +110,3 @@ def fast_fields(env: dict[str, Any], **changes: Any) -> dict[str, Any]:
     }
     fields.update(changes)
     return fields
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 240.0, every: float = 0.1) -> Any:
-    """Poll ``check()`` until it returns something truthy (tests must not hang forever)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout} s")

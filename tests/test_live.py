@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ftmagic
-from fixtures_ui import TestingShell, fast_fields, ipshell, ui_env, wait_for
+from fixtures_ui import TestingShell, fast_fields, ipshell, ui_env
 from ftmagic.errors import RunError
 from ftmagic.ui import html as render
 from ftmagic.ui.live import LiveView, status_name
 from ftmagic.ui.plot import curves_png
+from polling import wait_until
 
 __all__ = ["ipshell", "ui_env"]
 
@@ -131,7 +132,7 @@ def test_kernel_runs_cells_while_training_and_cancel_stops(
         fast_fields(ui_env, training_duration="400ba", checkpoint_interval="400ba")
     )
     view = LiveView(run, refresh_interval=0.5)
-    wait_for(lambda: view.update() or view.progress_bar.value >= 1)
+    wait_until(lambda: view.update() or view.progress_bar.value >= 1, 240, "a full bar")
     assert status_name(run.status) == "RUNNING", run.status_reason
     out = ipshell.run_cell("answer = sum(range(10))\nanswer")
     assert out.result == 45  # the kernel runs cells while the run trains in a thread

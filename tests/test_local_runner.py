@@ -18,11 +18,11 @@ from fixtures_runners import (
     metric_steps,
     tags_of,
     tiny_config,
-    wait_until,
     write_data,
 )
 from ftmagic.runners import _process
 from ftmagic.tracking import store
+from polling import wait_until
 
 RUN_TIMEOUT_S = 150
 

@@ -50,7 +50,9 @@ def test_pack_rejects_examples_longer_than_a_row() -> None:
 
 def test_auto_pack_length() -> None:
     assert auto_pack_length([10, 130, 7], 2048) == 152  # one row: 3.3% padding, the least
-    assert auto_pack_length([100, 60, 60], 2048) == 120  # none up to 208 pads under the target; [100], [60, 60] pads least
+    assert (
+        auto_pack_length([100, 60, 60], 2048) == 120
+    )  # none up to 208 pads under the target; [100], [60, 60] pads least
     assert auto_pack_length([128], 2048) == 128
     assert auto_pack_length([3], 2048) == 8
     assert auto_pack_length([1000], 1000) == 1000

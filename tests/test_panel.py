@@ -8,12 +8,13 @@ from typing import Any
 import ipywidgets as widgets
 import pytest
 
-from fixtures_ui import TestingShell, fast_fields, ipshell, ui_env, wait_for
+from fixtures_ui import TestingShell, fast_fields, ipshell, ui_env
 from ftmagic.config import RunConfig
 from ftmagic.errors import ConfigError
 from ftmagic.ui.cell import parse_cell
 from ftmagic.ui.live import status_name
 from ftmagic.ui.panel import Panel
+from polling import wait_until
 
 __all__ = ["ipshell", "ui_env"]
 
@@ -107,7 +108,7 @@ def test_errors_show_next_to_their_field(panel: Panel, ui_env: dict[str, Any]) -
 def test_validation_runs_by_itself_after_a_change(panel: Panel, ui_env: dict[str, Any]) -> None:
     widget_of(panel, "training_duration").value = "3 weeks"
     error = panel.form.rows["training_duration"].error
-    assert "is not a duration" in wait_for(lambda: error.value, timeout=30)
+    assert "is not a duration" in wait_until(lambda: error.value, 30, "the error message")
 
 
 def test_data_errors_show_next_to_the_data_path(

@@ -22,11 +22,11 @@ from fixtures_runners import (
     metric_steps,
     tags_of,
     tiny_config,
-    wait_until,
     write_data,
 )
 from ftmagic.errors import RunError
 from ftmagic.runners import ray as ray_runner
+from polling import wait_until
 
 RAY_READY_S = 180
 RUN_TIMEOUT_S = 300
