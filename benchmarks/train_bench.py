@@ -8,9 +8,10 @@ heads, MLP 688, 2,048-token vocabulary) from the same weights, on the same 2,000
 drug-name-extraction chats of 1-3 turns (built from the bundled NER data with a fixed seed), with
 the loss on assistant tokens only, about 4,096 real tokens per optimizer step, AdamW at a constant
 learning rate, and ``--steps`` counted steps after ``--warmup`` warm-up steps. Each configuration
-runs in its own subprocess, one after another, so peak RSS is its own. Reported: real (non-pad)
-tokens/s over the counted steps, the padding fraction, peak RSS, the final loss (mean of the last
-five steps) and ratios against TRL.
+runs in its own subprocess, one after another, so peak RSS is its own, once per seed (``--seeds``),
+seed by seed. Reported, as means over the seeds: real (non-pad) tokens/s over the counted steps,
+the padding fraction, peak RSS, the final loss (mean of the last five steps, with half its range
+over the seeds as the noise) and ratios against TRL.
 
 - ``ftmagic``: the trainer's packed rows (``pack_length`` matched to the data), no MLflow.
 - ``ftmagic + MLflow``: the same with per-step metrics to a SQLite MLflow store, heartbeat and
@@ -66,7 +67,7 @@ def make_chats(path: Path, count: int, seed: int = 0) -> Path:
     return path
 
 
-def ftmagic_config(data: Path, steps: int, *, packing: bool) -> Any:
+def ftmagic_config(data: Path, steps: int, *, packing: bool, seed: int = SEED) -> Any:
     from ftmagic.config import RunConfig
 
     return RunConfig(
@@ -79,7 +80,7 @@ def ftmagic_config(data: Path, steps: int, *, packing: bool) -> Any:
         learning_rate=LR,
         lr_schedule="constant",
         warmup_steps=0,
-        seed=SEED,
+        seed=seed,
         packing=packing,
         validate_inputs=False,
         experiment_path="train-bench",
@@ -98,12 +99,12 @@ def tokenized(config: Any) -> tuple[Any, list[Any]]:
 
 
 def run_ftmagic(
-    data: Path, steps: int, warmup: int, *, packing: bool, mlflow: bool
+    data: Path, steps: int, warmup: int, *, packing: bool, mlflow: bool, seed: int
 ) -> dict[str, Any]:
     from ftmagic.train import trainer
     from ftmagic.train.distributed import setup as setup_distributed
 
-    config = ftmagic_config(data, steps + warmup, packing=packing)
+    config = ftmagic_config(data, steps + warmup, packing=packing, seed=seed)
     tokenizer, examples = tokenized(config)
     run_id = "no-mlflow"
     if mlflow:
@@ -161,7 +162,7 @@ def live_reader(run_id: str, stop: threading.Event) -> None:
         client.get_metric_history(run_id, "train/loss")
 
 
-def run_trl(data: Path, steps: int, warmup: int, *, packing: bool) -> dict[str, Any]:
+def run_trl(data: Path, steps: int, warmup: int, *, packing: bool, seed: int) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -169,7 +170,7 @@ def run_trl(data: Path, steps: int, warmup: int, *, packing: bool) -> dict[str, 
 
     from ftmagic.catalog import load_model
 
-    config = ftmagic_config(data, steps + warmup, packing=packing)
+    config = ftmagic_config(data, steps + warmup, packing=packing, seed=seed)
     tokenizer, examples = tokenized(config)
     rows = {
         "input_ids": [list(e.input_ids) for e in examples],
@@ -192,7 +193,7 @@ def run_trl(data: Path, steps: int, warmup: int, *, packing: bool) -> dict[str, 
         report_to=[],
         packing=packing,
         max_length=4096 if packing else 2048,
-        seed=SEED,
+        seed=seed,
         dataloader_num_workers=0,
         use_cpu=True,
         bf16=False,
@@ -233,7 +234,7 @@ def run_trl(data: Path, steps: int, warmup: int, *, packing: bool) -> dict[str, 
         return out
 
     trainer.data_collator = counting
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     trainer.train()
     counted = counts[warmup : steps + warmup]
     real = sum(c[0] for c in counted)
@@ -254,17 +255,12 @@ def labels_of(example: Any) -> list[int]:
     return [-100, *labels[1:]]
 
 
-def run_one(name: str, data: Path, steps: int, warmup: int) -> dict[str, Any]:
-    if name == "ftmagic":
-        result = run_ftmagic(data, steps, warmup, packing=True, mlflow=False)
-    elif name == "ftmagic+mlflow":
-        result = run_ftmagic(data, steps, warmup, packing=True, mlflow=True)
-    elif name == "ftmagic-padded":
-        result = run_ftmagic(data, steps, warmup, packing=False, mlflow=False)
-    elif name == "trl-packed":
-        result = run_trl(data, steps, warmup, packing=True)
+def run_one(name: str, data: Path, steps: int, warmup: int, seed: int) -> dict[str, Any]:
+    if name.startswith("ftmagic"):
+        packing, mlflow = name != "ftmagic-padded", name == "ftmagic+mlflow"
+        result = run_ftmagic(data, steps, warmup, packing=packing, mlflow=mlflow, seed=seed)
     else:
-        result = run_trl(data, steps, warmup, packing=False)
+        result = run_trl(data, steps, warmup, packing=name == "trl-packed", seed=seed)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -272,27 +268,34 @@ def run_one(name: str, data: Path, steps: int, warmup: int) -> dict[str, Any]:
 # --- the whole comparison -----------------------------------------------------------------------
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
-    base_packed = results.get("trl-packed", {}).get("tokens_per_s")
-    base_padded = results.get("trl-padded", {}).get("tokens_per_s")
+def mean(runs: list[dict[str, Any]], key: str) -> float:
+    return sum(r[key] for r in runs) / len(runs)
+
+
+def table(results: dict[str, list[dict[str, Any]]]) -> str:
+    """The Markdown table: each configuration's mean over its seeds, the final loss with its
+    spread (half the range over seeds), and the ratios and overhead computed from the means."""
+    speed = {name: mean(runs, "tokens_per_s") for name, runs in results.items()}
     lines = [
         "| configuration | real tokens/s | vs TRL packing | vs TRL no packing | padding "
         "| real tokens/step | peak RSS MiB | final loss |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in results.items():
-        tps = r["tokens_per_s"]
-        vs = f"{ratio(tps, base_packed)} | {ratio(tps, base_padded)}"
+    for name, runs in results.items():
+        vs = f"{ratio(speed[name], speed.get('trl-packed'))} | "
+        vs += ratio(speed[name], speed.get("trl-padded"))
+        losses = [r["final_loss"] for r in runs]
+        spread = (max(losses) - min(losses)) / 2
         lines.append(
-            f"| {LABELS[name]} | {tps:,.0f} | {vs} "
-            f"| {r['padding']:.1%} | {r['tokens_per_step']:,.0f} | {r['peak_rss_mib']:,.0f} "
-            f"| {r['final_loss']:.4f} |"
+            f"| {LABELS[name]} | {speed[name]:,.0f} | {vs} | {mean(runs, 'padding'):.1%} "
+            f"| {mean(runs, 'tokens_per_step'):,.0f} | {mean(runs, 'peak_rss_mib'):,.0f} "
+            f"| {mean(runs, 'final_loss'):.3f} ± {spread:.3f} |"
         )
-    if "ftmagic" in results and "ftmagic+mlflow" in results:
-        overhead = (
-            1 - results["ftmagic+mlflow"]["tokens_per_s"] / results["ftmagic"]["tokens_per_s"]
-        )
+    if "ftmagic" in speed and "ftmagic+mlflow" in speed:
+        overhead = 1 - speed["ftmagic+mlflow"] / speed["ftmagic"]
         lines.append(f"\nMLflow logging + live reader overhead: {overhead:.1%}")
+    seeds = len(next(iter(results.values()), []))
+    lines.append(f"Means over {seeds} seed(s) per configuration; ± is half the range.")
     return "\n".join(lines)
 
 
@@ -305,32 +308,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="counted optimizer steps")
     parser.add_argument("--warmup", type=int, default=3, help="uncounted steps first")
     parser.add_argument("--examples", type=int, default=2000, help="synthetic chats")
+    parser.add_argument(
+        "--seeds", type=int, default=2, help="runs per configuration, each with its own seed"
+    )
     parser.add_argument("--only", choices=CONFIGS, action="append", help="run just these")
     parser.add_argument("--one", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=SEED, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(args.one, args.data, args.steps, args.warmup)))
+        print(json.dumps(run_one(args.one, args.data, args.steps, args.warmup, args.seed)))
         return 0
     workdir = Path(tempfile.mkdtemp(prefix="ftmagic-bench-"))
     data = make_chats(workdir / "chats.jsonl", args.examples)
-    results: dict[str, dict[str, Any]] = {}
-    for name in args.only or CONFIGS:
-        command = [
-            sys.executable, __file__, "--one", name, "--data", str(data),
-            "--steps", str(args.steps), "--warmup", str(args.warmup),
-        ]  # fmt: skip
-        env_uri = f"sqlite:///{workdir / 'mlflow.db'}"
-        done = subprocess.run(
-            command, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": env_uri}
-        )
-        if done.returncode != 0:
-            print(f"{name} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
-            continue
-        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{name}: {results[name]['tokens_per_s']:,.0f} real tokens/s", file=sys.stderr)
+    results: dict[str, list[dict[str, Any]]] = {}
+    # Seed by seed through all configurations, so a slow spell of the machine hits them alike.
+    for seed in range(SEED, SEED + args.seeds):
+        for name in args.only or CONFIGS:
+            result = run_in_subprocess(name, data, args, seed, workdir)
+            if result is not None:
+                results.setdefault(name, []).append(result)
     print(table(results))
     return 0
+
+
+def run_in_subprocess(
+    name: str, data: Path, args: argparse.Namespace, seed: int, workdir: Path
+) -> dict[str, Any] | None:
+    command = [
+        sys.executable, __file__, "--one", name, "--data", str(data), "--seed", str(seed),
+        "--steps", str(args.steps), "--warmup", str(args.warmup),
+    ]  # fmt: skip
+    env_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**_env(), "MLFLOW_TRACKING_URI": env_uri}
+    )
+    if done.returncode != 0:
+        print(f"{name} (seed {seed}) failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+        return None
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{name} (seed {seed}): {result['tokens_per_s']:,.0f} real tokens/s", file=sys.stderr)
+    return result
 
 
 def _env() -> dict[str, str]:
