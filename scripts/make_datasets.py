@@ -18,13 +18,12 @@ import json
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "ftmagic" / "resources"
 SEED = 2024
-NER_SIZES = {"train": 2000, "eval": 250, "test": 250}
+NER_SIZES = {"train": 8000, "eval": 250, "test": 250}
 CHAT_SIZES = {"train": 600, "eval": 60}
-NER_SYSTEM = "List the drug names in the sentence as a JSON list of strings."
+NER_SYSTEM = "List the drug names as a JSON list."
 
 
 def words(text: str) -> list[str]:
@@ -232,35 +231,7 @@ def syllable(rng: random.Random) -> str:
     return rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS)
 
 
-def tiny_tokenizer() -> Any:
-    """The tokenizer of the default model ``ftmagic/tiny-chat`` (built on first use)."""
-    from transformers import AutoTokenizer
-
-    from ftmagic.tiny import ensure_tiny_model
-
-    return AutoTokenizer.from_pretrained(str(ensure_tiny_model("ftmagic/tiny-chat")))
-
-
-def copy_friendly(tokenizer: Any) -> Callable[[str], bool]:
-    """Whether a name splits into the same tokens after a space (in the sentence) as after a
-    quote (in the JSON answer), the leading space aside.
-
-    Byte-level BPE often splits a word differently in the two places (``Ġmo s le`` vs ``m os le``);
-    a large model has learned that both spell the same word, but a random-init tiny model would have
-    to learn it per token before it can copy. Keeping only names that split the same way lets the
-    tiny model learn the task itself in minutes; real models do not care.
-    """
-
-    def keep(name: str) -> bool:
-        spaced, bare = tokenizer.tokenize(" " + name), tokenizer.tokenize(name)
-        return len(spaced) == len(bare) and spaced[1:] == bare[1:]
-
-    return keep
-
-
-def invented_drugs(
-    rng: random.Random, count: int, taken: set[str], keep: Callable[[str], bool]
-) -> list[str]:
+def invented_drugs(rng: random.Random, count: int, taken: set[str]) -> list[str]:
     """``count`` new drug-like names such as ``bravostatin``, none of them in ``taken``."""
     names: list[str] = []
     while len(names) < count:
@@ -271,32 +242,28 @@ def invented_drugs(
         name = stem + suffix
         if len(name) >= 6 and name not in taken:
             taken.add(name)
-            if keep(name):
-                names.append(name)
+            names.append(name)
     return names
 
 
-def drug_splits(rng: random.Random, keep: Callable[[str], bool]) -> dict[str, list[str]]:
-    """Disjoint drug vocabularies for train, eval and test (real and invented names in each)."""
-    real = sorted(name for name in set(REAL_DRUGS) if keep(name))
+def drug_splits(rng: random.Random) -> dict[str, list[str]]:
+    """Disjoint drug vocabularies: small ones for eval and test (real and invented names in each),
+    and enough fresh names for every drug slot of train, so that no train name repeats either."""
+    real = sorted(set(REAL_DRUGS))
     rng.shuffle(real)
-    invented = invented_drugs(rng, 1300, set(REAL_DRUGS), keep)
-    splits: dict[str, list[str]] = {}
-    for names in (real, invented):
-        cut_eval, cut_test = int(len(names) * 0.76), int(len(names) * 0.88)
-        for split, part in (
-            ("train", names[:cut_eval]),
-            ("eval", names[cut_eval:cut_test]),
-            ("test", names[cut_test:]),
-        ):
-            splits.setdefault(split, []).extend(part)
-    return splits
+    cut_eval, cut_test = int(len(real) * 0.76), int(len(real) * 0.88)
+    invented = invented_drugs(rng, 3 * NER_SIZES["train"] + 200, set(REAL_DRUGS))
+    return {
+        "train": real[:cut_eval] + invented[200:],
+        "eval": real[cut_eval:cut_test] + invented[:100],
+        "test": real[cut_test:] + invented[100:200],
+    }
 
 
-def ner_sentence(rng: random.Random, drugs: list[str]) -> tuple[str, list[str]]:
+def ner_sentence(rng: random.Random, pick: Callable[[int], list[str]]) -> tuple[str, list[str]]:
     template = rng.choice(NER_TEMPLATES)
     slots = sum(f"{{d{i}}}" in template for i in range(3))
-    chosen = rng.sample(drugs, slots)
+    chosen = pick(slots)
     text = template.format(
         **{f"d{i}": name for i, name in enumerate(chosen)},
         org=rng.choice(ORGS),
@@ -325,14 +292,25 @@ def ner_record(sentence: str, drugs: list[str]) -> dict[str, object]:
     }
 
 
-def make_ner(rng: random.Random, keep: Callable[[str], bool]) -> dict[str, list[dict[str, object]]]:
-    vocab = drug_splits(rng, keep)
+def make_ner(rng: random.Random) -> dict[str, list[dict[str, object]]]:
+    """The splits. Train draws its names without replacement (each name once), so a model can
+    only lower its loss by copying names from the sentence; eval and test reuse their small
+    vocabularies."""
+    vocab = drug_splits(rng)
     out: dict[str, list[dict[str, object]]] = {}
     for split, size in NER_SIZES.items():
+        names = vocab[split]
+        rng.shuffle(names)
+
+        def pick(k: int, names: list[str] = names, split: str = split) -> list[str]:
+            if split == "train":
+                return [names.pop() for _ in range(k)]
+            return rng.sample(names, k)
+
         seen: set[str] = set()
         records = []
         while len(records) < size:
-            sentence, drugs = ner_sentence(rng, vocab[split])
+            sentence, drugs = ner_sentence(rng, pick)
             if sentence not in seen:
                 seen.add(sentence)
                 records.append(ner_record(sentence, drugs))
@@ -422,9 +400,10 @@ def write_jsonl(path: Path, records: list[dict[str, object]]) -> None:
 
 def build(out: Path) -> None:
     """Write every bundled dataset under ``out`` (the package's resources folder by default)."""
-    rng = random.Random(SEED)
-    for split, records in make_ner(rng, copy_friendly(tiny_tokenizer())).items():
+    # One generator per dataset, so changing one dataset leaves the others as they are.
+    for split, records in make_ner(random.Random(SEED)).items():
         write_jsonl(out / "ner" / f"{split}.jsonl", records)
+    rng = random.Random(SEED + 1)
     for split, records in make_chat(rng).items():
         write_jsonl(out / "chat" / f"{split}.jsonl", records)
     for split, count in PRETRAIN_FILES.items():

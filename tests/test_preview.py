@@ -83,9 +83,9 @@ def test_json_string_and_dict_give_the_same_preview() -> None:
 
 
 def test_context_length_truncates_preview() -> None:
-    shown = preview("ftmagic/tiny-chat", CHAT, context_length=40)
-    assert shown.truncated and shown.num_tokens == 40
-    assert "truncated to 40 tokens" in str(shown)
+    shown = preview("ftmagic/tiny-chat", CHAT, context_length=60)
+    assert shown.truncated and shown.num_tokens == 60
+    assert "truncated to 60 tokens" in str(shown)
 
 
 def test_instruction_and_pretraining_roles() -> None:

@@ -52,8 +52,9 @@ def test_tiny_chat_loads_with_auto_classes() -> None:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
     assert model.config.model_type == "llama"
-    assert sum(p.numel() for p in model.parameters()) == 3_950_848
-    assert param_count(TINY_MODELS["ftmagic/tiny-chat"]) == 3_950_848
+    assert sum(p.numel() for p in model.parameters()) == 625_280
+    assert model.config.tie_word_embeddings
+    assert param_count(TINY_MODELS["ftmagic/tiny-chat"]) == 625_280
     assert len(tokenizer) == model.config.vocab_size == 2048
     assert model.config.max_position_embeddings == 2048
     text = tokenizer.apply_chat_template(CHAT, tokenize=False)
@@ -92,13 +93,13 @@ def test_tiny_chatml_template_and_generation() -> None:
 def test_cache_location_and_reuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FTMAGIC_CACHE", str(tmp_path))
     folder = ensure_tiny_model("ftmagic/tiny-base")
-    assert folder == tmp_path / "models" / "tiny-base-v1"
+    assert folder == tmp_path / "models" / "tiny-base-v2"
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert ensure_tiny_model("ftmagic/tiny-base") == folder
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
     assert not (folder / "chat_template.jinja").exists()
     # Nothing half-built is left next to it.
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-base-v1"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-base-v2"]
 
 
 def _build_in_child(cache: str) -> str:
@@ -112,7 +113,7 @@ def test_concurrent_first_use_is_safe(tmp_path: Path) -> None:
     with ctx.Pool(2) as pool:
         hashes = pool.map(_build_in_child, [str(tmp_path)] * 2)
     assert hashes[0] == hashes[1]
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-chatml-v1"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-chatml-v2"]
 
 
 def test_spec_and_corpus_fingerprint_matches_version() -> None:
@@ -123,6 +124,6 @@ def test_spec_and_corpus_fingerprint_matches_version() -> None:
     text = corpus_text() + repr(sorted(TINY_MODELS.items()))
     fingerprint = hashlib.sha256(text.encode()).hexdigest()
     assert (VERSION, fingerprint) == (
-        "v1",
-        "488a3bedb5e62272c14807275083a25298496dd5584355826e4b0209602ef78b",
+        "v2",
+        "db21bc4394515e67978992a6dd424cfe35edd5d100500df8057af7a51d34de20",
     ), "the tiny models changed: bump ftmagic.tiny.VERSION and update this fingerprint"
