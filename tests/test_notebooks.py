@@ -23,14 +23,9 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 # Shorter runs than the notebooks' defaults, same models and data.
 OVERRIDES: dict[str, dict[str, object]] = {
     "01_quickstart.ipynb": {"DURATION": "30ba", "TRAIN_EXAMPLES": 600},
-    # One epoch teaches the answer format (checked) but not yet copying unseen drug names, so the
-    # F1 gain the full run asserts is not asked of this short one.
-    "02_ner_instruction_finetuning.ipynb": {
-        "DURATION": "1ep",
-        "TEST_EXAMPLES": 60,
-        "IMG_DIR": "img",
-        "MIN_F1_GAIN": 0.0,
-    },
+    # The NER notebook runs its full default: the model only learns to copy unseen drug names
+    # after several epochs, and the notebook asserts that F1 rises by MIN_F1_GAIN.
+    "02_ner_instruction_finetuning.ipynb": {"IMG_DIR": "img"},
     "03_chat_completion.ipynb": {"DURATION": "30ba", "CHECKPOINT_EVERY": "15ba"},
     "04_continued_pretraining.ipynb": {"DURATION": "1ep"},
     "05_panel.ipynb": {"DURATION": "10ba"},
