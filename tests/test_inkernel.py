@@ -36,7 +36,9 @@ def test_launch_trains_in_a_background_thread(train_env: dict[str, Any]) -> None
 
 
 def test_cancel_then_resume(train_env: dict[str, Any]) -> None:
-    config = fast_config(train_env, training_duration="16ba", backend="inkernel")
+    config = fast_config(
+        train_env, training_duration="400ba", checkpoint_interval="1000ba", backend="inkernel"
+    )
     run = runners.launch(config)
     wait_for_steps(run.run_id, 2)
     runners.cancel(run)
@@ -44,15 +46,15 @@ def test_cancel_then_resume(train_env: dict[str, Any]) -> None:
     run.refresh()
     assert run.status == "STOPPED"
     logged = max(losses_of(run.run_id))
-    assert 2 <= logged < 16
+    assert 2 <= logged < 400
     assert [c.step for c in run.checkpoints] == [logged]  # the final checkpoint at the stop
 
     run = runners.resume(run)
     assert inkernel.join(run.run_id, timeout=300)
     run.refresh()
     assert run.status == "COMPLETED"
-    assert [c.step for c in run.checkpoints] == [logged, 16]
-    assert sorted(losses_of(run.run_id)) == list(range(1, 17))
+    assert [c.step for c in run.checkpoints] == [logged, 400]
+    assert sorted(losses_of(run.run_id)) == list(range(1, 401))
 
 
 def test_launching_the_same_run_twice_is_refused(train_env: dict[str, Any]) -> None:

@@ -45,11 +45,11 @@ FAST = (
 )
 SHORT_RUN = (
     '%%finetune\nmodel: ftmagic/tiny-chat\ntrain_data_path: "{train}"\n'
-    f"training_duration: 120ba\ncheckpoint_interval: 120ba\n{FAST}"
+    f"training_duration: 800ba\ncheckpoint_interval: 800ba\n{FAST}"
 )
 LONG_RUN = (
     '%%finetune\nmodel: ftmagic/tiny-chat\ntrain_data_path: "{train}"\n'
-    f"training_duration: 400ba\ncheckpoint_interval: 400ba\n{FAST}"
+    f"training_duration: 3000ba\ncheckpoint_interval: 3000ba\n{FAST}"
 )
 KEYS = ["model", "train_data_path", "training_duration", "checkpoint_interval"]
 SECOND = 1000  # Playwright waits are in milliseconds

@@ -242,13 +242,14 @@ def set_status(
         raise RunError(f"status '{status}' is not one of {', '.join(STATUSES)}")
     mlflow_client = client(uri)
     previous = mlflow_client.get_run(run_id).data.tags.get(STATUS_TAG)
+    # The event first: whoever sees the new status (a waiting Run) also sees its event.
+    add_event(run_id, status, reason or f"run is {status.lower()}", uri=uri)
     tags = [RunTag(STATUS_TAG, status), RunTag(REASON_TAG, shorten(reason or "", 4000))]
     if status == "RUNNING":  # a resumed run must not look dead before its first beat
         tags.append(RunTag(HEARTBEAT_TAG, f"{time.time():.3f}"))
     mlflow_client.log_batch(run_id, tags=tags)
     if status not in TERMINAL and previous in TERMINAL:
         clear_cancel(run_id, uri=uri)  # a resumed run must not stop on the old request
-    add_event(run_id, status, reason or f"run is {status.lower()}", uri=uri)
     if status in TERMINAL:
         mlflow_client.set_terminated(run_id, status=MLFLOW_STATUS[status])
     else:
