@@ -147,7 +147,7 @@ def summary(result: Any) -> str:
 
 
 def demo_config() -> RunConfig:
-    """Train the tiny chat model on the bundled NER chats: about a minute on 2 calm CPUs."""
+    """Train the tiny chat model on the bundled NER chats: under a minute on 2 calm CPUs."""
     from ftmagic import examples
 
     test = examples.load("ner", "test")[:DEMO_PROMPTS]
@@ -199,5 +199,5 @@ def score_demo(model_uri: str, count: int = DEMO_SCORED) -> str:
     return (
         f"drug-name extraction on {scores['n']} held-out sentences: F1 {scores['f1']:.2f} "
         f"(precision {scores['precision']:.2f}, recall {scores['recall']:.2f}); a tiny model "
-        "after one minute, so expect little: the same config with a real model learns the task"
+        "after seconds of training, so expect little (the NER notebook trains it for minutes)"
     )
