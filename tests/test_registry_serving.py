@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from fixtures_tracking import VENV_BIN, free_port, make_config, server_env, stop, wait_http
 from ftmagic.tracking import store
 from ftmagic.tracking.run import get_run
+from ftmagic.train.generation import generate
 
 pytestmark = pytest.mark.slow
 PROMPT = "Who are you?"
@@ -167,7 +168,7 @@ def model_path_of_tiny() -> str:
 
 
 def test_served_model_answers_over_http(
-    uri: str, registered: dict[str, str], tmp_path: Path
+    uri: str, registered: dict[str, str], model_dir: Path, tmp_path: Path
 ) -> None:
     port = free_port()
     env = {**server_env(), "MLFLOW_TRACKING_URI": uri}
@@ -194,3 +195,6 @@ def test_served_model_answers_over_http(
     predictions = answer["predictions"]
     assert len(predictions) == 1
     assert isinstance(predictions[0], str) and predictions[0].strip()
+    # The server decodes greedily, as Run.generate does: the same answer as the local model.
+    local = generate(str(model_dir), None, PROMPT, max_new_tokens=8, chat=False)
+    assert local.strip() and local in predictions[0]

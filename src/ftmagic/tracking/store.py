@@ -805,6 +805,11 @@ def _text_generation_pipeline(model_dir: Path) -> tuple[Any, str | None]:
     return transformers.pipeline("text-generation", model=model, tokenizer=tokenizer), base_path
 
 
+SERVING_DEFAULTS: dict[str, Any] = {"max_new_tokens": 64, "do_sample": False}
+"""Generation defaults of a registered model; a request's ``params`` override them. Greedy, like
+``Run.generate``: transformers' text-generation pipeline would otherwise sample (a constant)."""
+
+
 def _log_model_into(
     result: dict[str, Any], pipe: Any, base_path: str | None, run_id: str, name: str, uri: str
 ) -> None:
@@ -813,7 +818,7 @@ def _log_model_into(
     import transformers
     from mlflow.models import infer_signature
 
-    signature = infer_signature(["Hello"], ["Hello there"], params={"max_new_tokens": 64})
+    signature = infer_signature(["Hello"], ["Hello there"], params=SERVING_DEFAULTS)
     requirements = [f"transformers=={transformers.__version__}", f"torch=={torch.__version__}"]
     try:
         with _global_mlflow_uri(uri), mlflow.start_run(run_id=run_id):
@@ -823,7 +828,7 @@ def _log_model_into(
                 registered_model_name=name,
                 signature=signature,
                 pip_requirements=requirements,
-                model_config={"max_new_tokens": 64},
+                model_config=dict(SERVING_DEFAULTS),
                 base_model_path=base_path,
             )
         result["version"] = info.registered_model_version
