@@ -112,6 +112,7 @@ def run_ftmagic(
 
         run_id = store.create_run(config, backend="inkernel")
     reporter = trainer.Reporter(run_id, enabled=mlflow)
+    reporter.start_heartbeat()  # as trainer.train does; nothing without MLflow
     prepared = trainer.PreparedData(tokenizer, 2048, examples, [])
     ctx = setup_distributed(config)
     session = trainer.setup(config, run_id, ctx, reporter, prepared, None)

@@ -385,7 +385,6 @@ class Reporter:
         self.run_id = run_id
         self.enabled = enabled
         self._metrics: Any = None
-        self._last_heartbeat = 0.0
         self._last_cancel_poll = time.monotonic()
         self._stop_beating = threading.Event()
 
@@ -436,14 +435,6 @@ class Reporter:
     def total_steps(self, total: int) -> None:
         if self.enabled:
             self.store.set_tag(self.run_id, self.store.TOTAL_STEPS_TAG, total)
-
-    def tick(self) -> None:
-        """Heartbeat, at most every ``HEARTBEAT_SECONDS`` (also between setup phases, so a slow
-        model load does not look like a dead run)."""
-        now = time.monotonic()
-        if self.enabled and now - self._last_heartbeat >= HEARTBEAT_SECONDS:
-            self._last_heartbeat = now
-            self.store.heartbeat(self.run_id)
 
     def cancel_requested(self, stop_event: threading.Event | None) -> bool:
         """The in-process stop event, or MLflow's cancel tag polled every few seconds."""
@@ -530,7 +521,6 @@ def prepare_data(config: RunConfig, reporter: Reporter) -> PreparedData:
         report = validate(config)
         report.raise_if_failed()
         reporter.event("DATA_VALIDATED", _validation_message(report))
-    reporter.tick()
     tokenizer = load_tokenizer(config.model)
     train_examples = load_examples(config, tokenizer, split="train", entry=entry)
     if not train_examples:
@@ -672,9 +662,7 @@ def setup(
     plan = make_plan(data.train, config, data.context_length)
     eval_config = config.replace(training_duration="1ep", seed=config.seed)
     eval_plan = make_plan(data.eval, eval_config, data.context_length) if data.eval else None
-    reporter.tick()
     model = load_weights(config, resume_from)
-    reporter.tick()
     model.config.use_cache = False
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -886,7 +874,6 @@ def log_step(session: Session, report: StepReport) -> None:
             "train/tokens_per_s": report.tokens_per_s,
         },
     )
-    session.reporter.tick()
 
 
 # --- phase 4: save checkpoint --------------------------------------------------------------------
@@ -933,7 +920,6 @@ def save_checkpoint(session: Session) -> None:
     if session.last_checkpoint_step == state.step:
         return
     reporter = session.reporter
-    reporter.tick()
     session.eval_loss = evaluate(session)
     if session.eval_loss is not None:
         reporter.metrics(state.step, {"eval/loss": session.eval_loss})
