@@ -20,7 +20,6 @@ Two choices let a model this small learn, within minutes on a CPU, to copy words
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -182,20 +181,21 @@ def build_tiny_model(spec: TinySpec, out: Path) -> None:
     model.save_pretrained(str(out))
 
 
-TRAINING_TEXTS = ("ner/train.jsonl", "chat/train.jsonl")
-"""Bundled training splits whose messages the tokenizer also learns from (never eval or test)."""
+TRAINING_TEXTS = ("ner", "chat")
+"""Bundled datasets whose train split's messages the tokenizer also learns from (never eval or
+test)."""
 
 
 def corpus_text() -> str:
     """The tokenizer's training text: the bundled corpus, then the messages of the bundled
     training splits, so that domain words (drug-name syllables, shop items) get tokens of their
     own, as they would in a real model's vocabulary."""
-    root = resources.files("ftmagic.resources")
-    parts = [root.joinpath("tiny_corpus.txt").read_text("utf-8")]
-    for name in TRAINING_TEXTS:
-        for line in root.joinpath(name).read_text("utf-8").splitlines():
-            if line.strip():
-                parts.extend(m["content"] for m in json.loads(line)["messages"])
+    from ftmagic import examples
+
+    parts = [resources.files("ftmagic.resources").joinpath("tiny_corpus.txt").read_text("utf-8")]
+    for dataset in TRAINING_TEXTS:
+        for record in examples.load(dataset, "train"):
+            parts.extend(m["content"] for m in record["messages"])
     return "\n\n".join(parts)
 
 
