@@ -138,6 +138,15 @@ def test_cancel_request_and_resume_clears_it(uri: str) -> None:
     assert abs(beat - time.time()) < 600
 
 
+def test_resubmitting_a_killed_run_clears_its_cancel_request(uri: str) -> None:
+    """Killed while RUNNING (no terminal status was written), with a cancel still pending."""
+    run_id = store.create_run(make_config(), backend="local", uri=uri)
+    store.set_status(run_id, "RUNNING", uri=uri)
+    store.request_cancel(run_id, uri=uri)
+    store.set_status(run_id, "PENDING", "resuming", uri=uri)
+    assert not store.cancel_requested(run_id, uri=uri)
+
+
 def test_metrics_logger_batches_until_the_interval_or_a_flush(uri: str) -> None:
     run_id = store.create_run(make_config(), backend="inkernel", uri=uri)
     logger = store.MetricsLogger(run_id, flush_interval=60.0, uri=uri)

@@ -69,7 +69,6 @@ def resume(run: Run, backend: str | None = None) -> Run:
             "Fix: cancel it first, or wait for it to end"
         )
     config = run.config if backend is None else run.config.replace(backend=backend)
-    store.clear_cancel(run.run_id)  # a killed run may still carry the request that stopped it
     store.set_status(run.run_id, "PENDING", "resuming from the last checkpoint")
     _submit(config, run.run_id, resume=True)
     run.refresh()

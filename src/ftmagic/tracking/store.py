@@ -248,8 +248,9 @@ def set_status(
     if status == "RUNNING":  # a resumed run must not look dead before its first beat
         tags.append(RunTag(HEARTBEAT_TAG, f"{time.time():.3f}"))
     mlflow_client.log_batch(run_id, tags=tags)
-    if status not in TERMINAL and previous in TERMINAL:
-        clear_cancel(run_id, uri=uri)  # a resumed run must not stop on the old request
+    if status == "PENDING" or (status not in TERMINAL and previous in TERMINAL):
+        # A resubmitted run (even one killed while RUNNING) must not stop on the old request.
+        clear_cancel(run_id, uri=uri)
     if status in TERMINAL:
         mlflow_client.set_terminated(run_id, status=MLFLOW_STATUS[status])
     else:
