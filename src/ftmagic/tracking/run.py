@@ -280,6 +280,21 @@ class Run:
         model, tokenizer = self._loaded_model(checkpoint)
         return str(generate(model, tokenizer, prompt_or_messages, max_new_tokens=max_new_tokens))
 
+    def serve(self, *, port: int | None = None, timeout: float = 300.0) -> Any:
+        """Serve the run's registered model with ``mlflow models serve`` on 127.0.0.1 and return
+        its ``Endpoint`` (``.url``, ``.chat(...)``, ``.logs()``, ``.stop()``)."""
+        from ftmagic.serving import serve
+
+        self.refresh()
+        if not self.registered_model:
+            raise RunError(
+                f"run {self.name} has no registered model to serve. Fix: set register_to, or "
+                "register a checkpoint with ftmagic.promote(run, step, register_to=...)"
+            )
+        return serve(
+            self.registered_model, port=port, tracking_uri=self.tracking_uri, timeout=timeout
+        )
+
     def _loaded_model(self, checkpoint: int | Checkpoint | None) -> tuple[Any, Any]:
         step = checkpoint.step if isinstance(checkpoint, Checkpoint) else checkpoint
         key = ("step", step) if step is not None else ("final", self.registered_model)

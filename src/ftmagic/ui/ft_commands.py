@@ -123,6 +123,31 @@ def chat(magics: Any, argv: builtins.list[str]) -> Any:
     return ChatBox(resolve_run(magics, args.run), checkpoint=args.checkpoint)
 
 
+def serve(magics: Any, argv: builtins.list[str]) -> Any:
+    """Serve a run's registered model in the background, shown with a Stop button; the widget's
+    ``endpoint`` is the ``Endpoint`` (``.url``, ``.chat(...)``, ``.stop()``)."""
+    import ipywidgets as widgets
+
+    parser = _parser("serve")
+    parser.add_argument("run", nargs="?", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(argv)
+    endpoint = resolve_run(magics, args.run).serve(port=args.port)
+    label = widgets.HTML(endpoint._repr_html_())
+    stop_button = widgets.Button(description="Stop", button_style="danger")
+
+    def stop(_button: Any) -> None:
+        endpoint.stop()
+        label.value = endpoint._repr_html_()
+        stop_button.disabled = True
+
+    stop_button.on_click(stop)
+    box = widgets.HBox([label, stop_button])
+    box.endpoint = endpoint
+    box.stop_button = stop_button
+    return box
+
+
 COMMANDS = MappingProxyType(
     {
         "runs": runs,
@@ -131,5 +156,6 @@ COMMANDS = MappingProxyType(
         "models": models,
         "panel": panel,
         "chat": chat,
+        "serve": serve,
     }
 )
