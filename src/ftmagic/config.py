@@ -24,6 +24,8 @@ METHODS = ("full", "lora")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULES = ("cosine", "linear", "constant")
 BACKENDS = ("inkernel", "local", "torchrun", "ray")
+DATA_PARALLEL = ("auto", "ddp", "fsdp2")
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "flex_attention", "flash_attention_2")
 DURATION_UNITS = {"ep": "epochs", "tok": "tokens", "ba": "batches (optimizer steps)"}
 MAX_TOTAL_TOKENS = 10_000_000_000
 
@@ -162,6 +164,18 @@ class RunConfig:
     gradient_checkpointing: bool = _field(
         False, "Recompute activations in backward: less memory, slower.", group="optim"
     )
+    loss_chunk_tokens: int = _field(
+        1024,
+        "Tokens whose full-vocabulary logits exist at once when computing the loss (0: all of a "
+        "micro-batch at once). Smaller saves memory on large vocabularies; the loss is the same.",
+        group="optim",
+    )
+    attn_implementation: str = _field(
+        "auto",
+        "auto (a variable-length kernel for packed rows on GPUs: flash_attention_2 when installed, "
+        "else flex_attention; sdpa on CPUs), sdpa, flex_attention or flash_attention_2.",
+        group="optim",
+    )
     packing: bool = _field(
         True,
         "Pack examples into rows without padding; each example only attends to itself.",
@@ -198,6 +212,12 @@ class RunConfig:
     )
     num_processes: int = _field(
         1, "Processes (torchrun) or workers (ray) to train with.", group="backend"
+    )
+    data_parallel: str = _field(
+        "auto",
+        "How several processes share the model: auto (fsdp2 on GPUs, ddp on CPUs), ddp (a full "
+        "copy per process) or fsdp2 (weights, gradients and optimizer state sharded).",
+        group="backend",
     )
     ray_address: str | None = _field(
         None,
@@ -355,6 +375,10 @@ class RunConfig:
         self.precision = _choice("precision", self.precision, PRECISIONS)
         self.lr_schedule = _choice("lr_schedule", self.lr_schedule, SCHEDULES)
         self.backend = _choice("backend", self.backend, BACKENDS)
+        self.data_parallel = _choice("data_parallel", self.data_parallel, DATA_PARALLEL)
+        self.attn_implementation = _choice(
+            "attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS
+        )
         self.training_duration = str(Duration.parse(self.training_duration))
         self.checkpoint_interval = str(self.checkpoint_every)
         if isinstance(self.eval_prompts, str):
@@ -377,6 +401,7 @@ class RunConfig:
         ):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("seed", self.seed, minimum=0)
+        _check_int("loss_chunk_tokens", self.loss_chunk_tokens, minimum=0)
         self.learning_rate = _check_float(
             "learning_rate", self.learning_rate, low=0.0, high=100.0, optional=True
         )

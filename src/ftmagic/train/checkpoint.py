@@ -6,15 +6,16 @@ A checkpoint folder holds:
   adapter alone, ``adapter_model.safetensors`` + ``adapter_config.json``, for LoRA), so the folder
   itself loads with ``from_pretrained`` for ``custom_weights_path`` and ``Run.generate``;
 - ``optimizer.pt``, ``scheduler.pt`` and ``rng.pt``: their state dicts (tensors and plain
-  values only, read back with ``torch.load(weights_only=True)``);
+  values only, read back with ``torch.load(weights_only=True)``); the optimizer state is the
+  whole (unsharded) state keyed by parameter name (format 2; format 1 keyed it by position);
 - ``trainer_state.json``: the data position (step, epoch, tokens, order seed) and the recent losses;
 - ``config.yaml``: the run's config.
 
-The weights are a full (unsharded) state dict gathered on rank 0 and the data position is global,
-so a run can resume with a different number of processes. A folder is written under a temporary
-name and renamed when complete; the MLflow commit (``store.commit_checkpoint``, which writes the
-``COMPLETE`` marker last) is a second step done by the trainer, so a half-written checkpoint is
-never listed or used.
+The weights and the optimizer state are full (unsharded) state dicts gathered on rank 0 and the
+data position is global, so a run can resume with a different number of processes. A folder is
+written under a temporary name and renamed when complete; the MLflow commit
+(``store.commit_checkpoint``, which writes the ``COMPLETE`` marker last) is a second step done by
+the trainer, so a half-written checkpoint is never listed or used.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 from ftmagic.errors import RunError
 
 STATE_FILE = "trainer_state.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -112,6 +113,13 @@ def read_torch(folder: Path, name: str) -> Any:
     import torch
 
     return torch.load(Path(folder) / name, map_location="cpu", weights_only=True)
+
+
+def keyed_by_name(optimizer_state: dict[str, Any]) -> bool:
+    """Whether an optimizer state is keyed by parameter name (format 2) rather than position."""
+    groups = optimizer_state.get("param_groups", [])
+    params = [param for group in groups for param in group.get("params", [])]
+    return bool(params) and all(isinstance(param, str) for param in params)
 
 
 def model_folder(path: Path) -> Path:

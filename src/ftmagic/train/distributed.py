@@ -6,9 +6,12 @@ came from and how the model is wrapped:
 - ``setup`` reuses a process group that already exists (Ray Train makes one), makes one from
   torchrun's environment (``WORLD_SIZE > 1``), or returns a single-process context.
 - ``wrap_model`` leaves a single process alone, uses DDP over gloo on CPUs and FSDP2
-  (``fully_shard`` per decoder layer, then the root) on GPUs.
-- Checkpoints are *full* state dicts on CPU, gathered to rank 0, so a run saved by N processes
-  resumes on M processes (or in the kernel).
+  (``fully_shard`` per decoder layer, then the root) on GPUs; ``data_parallel`` overrides the
+  choice (FSDP2 runs on CPUs with gloo too).
+- Checkpoints are *full* state dicts on CPU, gathered to rank 0 with
+  ``torch.distributed.checkpoint``'s state-dict API: the weights, and the optimizer state keyed by
+  parameter name (not by position), so a run saved by N processes resumes on M processes (or in the
+  kernel) with each parameter's own Adam moments, resharded for the new world.
 
 DDP and FSDP2 both *average* gradients over ranks. To get the gradient of
 ``sum(token losses) / global_trained_tokens``, each rank backpropagates
@@ -155,15 +158,32 @@ def wrap_model(
 
     One process: the model itself. Several CPU processes: DDP over gloo. Several GPUs: FSDP2,
     sharding each decoder layer and then the root, in bf16 with fp32 gradient reduction when the
-    run is bf16.
+    run is bf16. ``data_parallel: ddp`` or ``fsdp2`` forces the choice.
     """
     if not ctx.distributed:
         return model
-    if ctx.device.type == "cuda":
+    if uses_fsdp2(config, ctx):
         return apply_fsdp2(model, bf16=use_bf16(config, ctx))
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model)
+
+
+def uses_fsdp2(config: RunConfig | None, ctx: DistContext) -> bool:
+    """Whether several processes shard the model (FSDP2) rather than replicate it (DDP)."""
+    if not ctx.distributed:
+        return False
+    choice = getattr(config, "data_parallel", "auto")
+    if choice == "auto":
+        return ctx.device.type == "cuda"
+    return bool(choice == "fsdp2")
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """True for a model sharded by FSDP2: its forward is a collective that every rank must join."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def apply_fsdp2(model: torch.nn.Module, *, bf16: bool) -> torch.nn.Module:
@@ -340,3 +360,36 @@ def load_full_state_dict(
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict)
     full: dict[str, Any] = dict(state) if ctx.is_main and state is not None else {}
     set_model_state_dict(unwrap(model), full, options=options)
+
+
+def full_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext
+) -> dict[str, Any] | None:
+    """The optimizer's whole state on CPU, keyed by parameter name, on rank 0 (``None`` elsewhere).
+
+    Under FSDP2 each rank holds the moments of its own shards only; this gathers them (a
+    collective: every rank must call it). Names, unlike ``optimizer.state_dict()``'s positions,
+    still match when the model is wrapped differently on resume.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_optimizer_state_dict(unwrap(model), optimizer, options=options)
+    return state if ctx.is_main else None
+
+
+def load_optimizer_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    ctx: DistContext,
+) -> None:
+    """Load a full, name-keyed optimizer state (from ``full_optimizer_state``) on every rank.
+
+    Every rank passes the same full state (read from the same checkpoint files); each keeps the
+    part that belongs to its own shards. A collective under FSDP2: every rank must call it.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_optimizer_state_dict(unwrap(model), optimizer, state, options=options)

@@ -53,6 +53,7 @@ from ftmagic.train.checkpoint import (
     CheckpointContents,
     TrainState,
     capture_rng,
+    keyed_by_name,
     model_folder,
     read_state,
     read_torch,
@@ -317,19 +318,26 @@ def collate_rows(plan: DataPlan, rows: Sequence[int], pad_id: int) -> dict[str, 
 # --- the loss (pure) -----------------------------------------------------------------------------
 
 
-def loss_sum(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+def loss_sum(model: Any, batch: dict[str, Any], chunk_tokens: int = 0) -> torch.Tensor:
     """Sum of the token cross-entropies over the trained labels of ``batch``.
 
     Computed from the logits (not the model's own mean loss) so that the caller decides the
     normaliser. ``use_cache=False`` makes transformers honour the example boundaries that the
-    packed ``position_ids`` mark.
+    packed ``position_ids`` mark. With ``chunk_tokens`` the full-vocabulary logits of the whole
+    micro-batch never exist: the output layer computes the loss that many positions at a time.
     """
     import torch.nn.functional as F
+
+    from ftmagic.train.distributed import unwrap
+    from ftmagic.train.loss import chunked_loss, supports_chunking
 
     inputs = {"input_ids": batch["input_ids"], "use_cache": False}
     for name in ("position_ids", "attention_mask"):
         if batch.get(name) is not None:
             inputs[name] = batch[name]
+    if chunk_tokens and supports_chunking(unwrap(model)):
+        with chunked_loss(unwrap(model), batch["labels"], chunk_tokens):
+            return model(**inputs).logits  # type: ignore[no-any-return]
     logits = model(**inputs).logits[:, :-1]
     labels = batch["labels"][:, 1:]
     return F.cross_entropy(
@@ -546,14 +554,31 @@ def _validation_message(report: Any) -> str:
 # --- phase 1: load checkpoint --------------------------------------------------------------------
 
 
-def find_resume_checkpoint(run_id: str, reporter: Reporter) -> Path | None:
-    """The run's last committed checkpoint, downloaded; None when it has none yet."""
-    from ftmagic.tracking import store
+def find_resume_checkpoint(run_id: str, ctx: DistContext) -> Path | None:
+    """The run's last committed checkpoint, downloaded; None when it has none yet.
 
-    if not store.list_checkpoints(run_id):
+    Rank 0 alone picks and downloads it (two ranks downloading into one cache folder would race);
+    the others wait, then read the same folder. A rank on another machine that cannot see that
+    folder downloads the same step for itself.
+    """
+    from ftmagic.tracking import store
+    from ftmagic.train.distributed import barrier, broadcast_object
+
+    found: tuple[str, int] | None = None
+    if ctx.is_main:
+        checkpoints = store.list_checkpoints(run_id)
+        if checkpoints:
+            step = checkpoints[-1].step
+            found = (str(store.download_checkpoint(run_id, step)), step)
+    found = broadcast_object(found, ctx)
+    barrier(ctx)
+    if found is None:
         log.info("run %s has no checkpoint to resume from: starting from step 0", run_id)
         return None
-    return Path(store.download_checkpoint(run_id))
+    folder, step = Path(found[0]), found[1]
+    if not folder.exists():
+        folder = Path(store.download_checkpoint(run_id, step))
+    return folder
 
 
 # --- phase 2: setup ------------------------------------------------------------------------------
@@ -719,7 +744,11 @@ def restore_training_state(session: Session, folder: Path) -> None:
             "the checkpoint was written. Fix: resume with the same data and config, or start a new "
             "run with custom_weights_path pointing at this run"
         )
-    session.optimizer.load_state_dict(read_torch(folder, "optimizer.pt"))
+    optimizer_state = read_torch(folder, "optimizer.pt")
+    if keyed_by_name(optimizer_state):
+        load_optimizer_state(session.model, session.optimizer, optimizer_state, session.ctx)
+    else:  # format 1: positional, written by a single process or DDP
+        session.optimizer.load_state_dict(optimizer_state)
     session.scheduler.load_state_dict(read_torch(folder, "scheduler.pt"))
     restore_rng(read_torch(folder, "rng.pt"))
     session.state = state
@@ -731,6 +760,8 @@ def restore_training_state(session: Session, folder: Path) -> None:
 
 @contextlib.contextmanager
 def autocast(session: Session) -> Iterator[None]:
+    from ftmagic.train.distributed import load_optimizer_state
+
     import torch
 
     if session.autocast_dtype is None:
@@ -782,7 +813,7 @@ def run_step(session: Session, step: PlannedStep) -> tuple[float, float]:
         batch = to_device(collate_rows(session.plan, rows, session.pad_id), ctx.device)
         with gradient_sync(session.model, enabled=index == len(parts) - 1):
             with autocast(session):
-                summed = loss_sum(session.model, batch)
+                summed = loss_sum(session.model, batch, session.config.loss_chunk_tokens)
             scaled = summed * (weight * scale)
             (session.scaler.scale(scaled) if session.scaler else scaled).backward()
         total += summed.detach() * weight
@@ -900,7 +931,8 @@ def evaluate(session: Session) -> float | None:
             ):
                 batch = to_device(collate_rows(plan, mb, session.pad_id), session.ctx.device)
                 with autocast(session):
-                    totals[0] += loss_sum(session.inner, batch).float()
+                    chunk = session.config.loss_chunk_tokens
+                    totals[0] += loss_sum(session.inner, batch, chunk).float()
                 totals[1] += (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
     finally:
         session.model.train()
@@ -914,7 +946,7 @@ def save_checkpoint(session: Session) -> None:
     The RNG is captured after eval and generation, so a resumed run continues the very stream the
     uninterrupted run does. Every rank joins the state-dict gather; rank 0 writes and commits.
     """
-    from ftmagic.train.distributed import barrier, full_state_dict
+    from ftmagic.train.distributed import barrier, full_optimizer_state, full_state_dict, is_sharded
 
     state = session.state
     if session.last_checkpoint_step == state.step:
@@ -923,7 +955,8 @@ def save_checkpoint(session: Session) -> None:
     session.eval_loss = evaluate(session)
     if session.eval_loss is not None:
         reporter.metrics(state.step, {"eval/loss": session.eval_loss})
-    if session.ctx.is_main and session.config.eval_prompts:
+    # A sharded model's forward is a collective: every rank generates, rank 0 logs.
+    if session.config.eval_prompts and (session.ctx.is_main or is_sharded(session.inner)):
         log_generations(session)
     model_state = full_state_dict(session.model, session.ctx)
     if session.ctx.is_main:
@@ -931,7 +964,7 @@ def save_checkpoint(session: Session) -> None:
             model=session.inner,
             tokenizer=session.tokenizer,
             model_state=model_state,
-            optimizer_state=session.optimizer.state_dict(),
+            optimizer_state=optimizer_state,
             scheduler_state=session.scheduler.state_dict(),
             rng_state=capture_rng(),
             state=state,
@@ -945,7 +978,9 @@ def save_checkpoint(session: Session) -> None:
 def log_generations(session: Session) -> None:
     from ftmagic.train.generation import generate_all
 
+    optimizer_state = full_optimizer_state(session.model, session.optimizer, session.ctx)
     config = session.config
+        assert optimizer_state is not None
     with autocast(session):
         rows = generate_all(
             session.inner,
@@ -954,7 +989,8 @@ def log_generations(session: Session) -> None:
             max_new_tokens=config.max_new_tokens,
             chat=config.task_type == "CHAT_COMPLETION",
         )
-    session.reporter.store.log_generations(session.run_id, session.state.step, rows)
+    if session.ctx.is_main:
+        session.reporter.store.log_generations(session.run_id, session.state.step, rows)
 
 
 def commit_checkpoint(session: Session, contents: CheckpointContents) -> None:
@@ -1057,7 +1093,7 @@ def train(
     try:
         reporter.status("RUNNING")
         reporter.start_heartbeat()
-        resume_from = find_resume_checkpoint(run_id, reporter) if resume else None
+        resume_from = find_resume_checkpoint(run_id, ctx) if resume else None
         data = prepare_data(config, reporter)
         session = setup(config, run_id, ctx, reporter, data, resume_from)
         return run_session(session, stop_event, progress)
