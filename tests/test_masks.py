@@ -415,7 +415,10 @@ def test_template_exception_is_a_data_error() -> None:
     tokenizer = family_tokenizer("gemma2")
     with pytest.raises(DataError, match="System role not supported") as info:
         chat(tokenizer, [SYSTEM, *TURNS], line=3)
-    assert info.value.field == "messages" and info.value.line == 3
+    # A template that rejects system messages is named by family, with the switch that fixes it.
+    assert info.value.field == "messages[0].role" and info.value.line == 3
+    assert "the Gemma chat template rejects system messages" in str(info.value)
+    assert "fold_system_prompt: true" in str(info.value.fix)
     with pytest.raises(DataError, match="must alternate"):
         chat(tokenizer, [TURNS[0], TURNS[0], TURNS[1]])
 

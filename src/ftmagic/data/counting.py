@@ -43,9 +43,12 @@ class TokenCounter:
     CHECK_FIRST = 16
     CHECK_EVERY = 1000
 
-    def __init__(self, tokenizer: Any, task_type: str) -> None:
+    def __init__(self, tokenizer: Any, task_type: str, options: Any = None) -> None:
+        from ftmagic.data.render import ChatOptions
+
         self.tokenizer = tokenizer
         self.task_type = task_type
+        self.options = options or ChatOptions()
         self.seen = 0
         self.problem: DataError | None = None
         fast = getattr(tokenizer, "is_fast", False)
@@ -94,22 +97,38 @@ class TokenCounter:
     ) -> list[Counted | DataError]:
         """The tokenizer half (which releases the GIL) and the per-example tallies."""
         if self.exact:
-            return [self.render_count(r, context_length) for r in records]
+            return [c for r in records for c in self.render_counts(r, context_length)]
         counts = self._count_spans(records, prepared, context_length)
         return self._spot_check(records, counts, context_length)
 
     def render_count(self, record: Record, context_length: int | None) -> Counted | DataError:
-        """The exact count, through ``render``."""
-        from ftmagic.data.render import render
+        """The exact count of the record's (first) example, through ``render``."""
+        return self.render_counts(record, context_length)[0]
+
+    def render_counts(
+        self, record: Record, context_length: int | None
+    ) -> list[Counted | DataError]:
+        """The exact count of every example the record makes (several with ``split`` turns)."""
+        from ftmagic.data.render import render_examples
 
         try:
-            example = render(
-                self.tokenizer, record.data, self.task_type, source=record.source, line=record.line
+            examples = render_examples(
+                self.tokenizer,
+                record.data,
+                self.task_type,
+                source=record.source,
+                line=record.line,
+                options=self.options,
             )
         except DataError as err:
-            return err
-        kept = example.trained if context_length is None else example.trained[:context_length]
-        return _finish(len(example.input_ids), sum(kept), record, context_length, self.task_type)
+            return [err]
+        counts: list[Counted | DataError] = []
+        for example in examples:
+            kept = example.trained if context_length is None else example.trained[:context_length]
+            counts.append(
+                _finish(len(example.input_ids), sum(kept), record, context_length, self.task_type)
+            )
+        return counts
 
     def _spot_check(
         self, records: list[Record], counts: list[Counted | DataError], context_length: int | None
@@ -131,7 +150,7 @@ class TokenCounter:
             )
             self.exact = True
             self.seen += len(records)
-            return [self.render_count(r, context_length) for r in records]
+            return [c for r in records for c in self.render_counts(r, context_length)]
         self.seen += len(records)
         return counts
 
@@ -169,6 +188,12 @@ class TokenCounter:
         """The rendered text and assistant spans; None leaves the example to ``render`` (an
         empty or dropped assistant message)."""
         messages = record.data["messages"]
+        if not _plain_chat(record.data):
+            return None
+        if self.options.fold_system_prompt:
+            from ftmagic.data.render import prepare_messages
+
+            messages = prepare_messages(messages, fold_system=True)
         try:
             text = self._template(messages)
         except Exception as err:  # jinja2's TemplateError, or whatever the template raises
@@ -182,6 +207,22 @@ class TokenCounter:
             )
         spans = _assistant_spans(text, messages, self._turn_end)
         return None if spans is None else (text, spans)
+
+
+def _plain_chat(data: dict[str, Any]) -> bool:
+    """A conversation of plain user/assistant/system text, which the batched count handles;
+    reasoning, weights and tools are left to ``render``."""
+    if data.get("tools"):
+        return False
+    for message in data["messages"]:
+        content = message.get("content")
+        if not isinstance(content, str) or "</think>" in content:
+            return False
+        if message.get("role") not in ("system", "user", "assistant"):
+            return False
+        if any(k in message for k in ("weight", "tool_calls", "reasoning_content", "thinking")):
+            return False
+    return True
 
 
 def _instruction_plan(record: Record) -> Plan:
@@ -269,20 +310,11 @@ def _template_problem(tokenizer: Any) -> DataError | None:
 
 
 def _turn_end(tokenizer: Any) -> str:
-    """The text the template puts right after an assistant message, up to and including its first
-    special token (``<|eot_id|>``, ``<|im_end|>``): it is trained, so the model learns to stop."""
-    probe = "Ftmagic probe answer"
-    try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}],
-            tokenize=False,
-        )
-    except Exception:  # a template that needs more; the spot check then falls back to render
-        return ""
-    after = str(text)[str(text).find(probe) + len(probe) :]
-    specials = set(tokenizer.get_added_vocab()) | set(tokenizer.all_special_tokens)
-    ends = [after.find(s) + len(s) for s in specials if s and after.find(s) >= 0]
-    return after[: min(ends)] if ends else after
+    """The text the template closes an assistant turn with (``<|eot_id|>``, ``<|im_end|>``), as
+    ``render`` trains it, so the model learns to stop."""
+    from ftmagic.data.render import turn_closing
+
+    return turn_closing(tokenizer)
 
 
 def _template_renderer(tokenizer: Any) -> Any:

@@ -14,7 +14,17 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ftmagic.data.render import CHAT, INSTRUCTION, PRETRAIN, chat_spans, render
+from ftmagic.data.render import (
+    CHAT,
+    INSTRUCTION,
+    PRETRAIN,
+    ChatLayout,
+    ChatOptions,
+    chat_layout,
+    reasoning_of,
+    render,
+    split_turns,
+)
 from ftmagic.data.rules import check_record
 from ftmagic.errors import DataError
 
@@ -45,6 +55,8 @@ class Preview:
     context_length: int | None = None
     trained_by_role: dict[str, int] = field(default_factory=dict)
     untrained_by_role: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    serving_diff: str | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -64,6 +76,8 @@ class Preview:
             "context_length": self.context_length,
             "trained_by_role": dict(self.trained_by_role),
             "untrained_by_role": dict(self.untrained_by_role),
+            "notes": list(self.notes),
+            "serving_diff": self.serving_diff,
             "tokens": [asdict(t) for t in self.tokens],
         }
 
@@ -78,7 +92,7 @@ class Preview:
 
     def __str__(self) -> str:
         """The text with each run of trained tokens wrapped in ``[[`` and ``]]``."""
-        parts = [self.summary(), "\n"]
+        parts = [self.summary(), "\n", *(f"note: {n}\n" for n in self.remarks())]
         inside = False
         for token in self.tokens:
             if token.trained != inside:
@@ -89,8 +103,16 @@ class Preview:
             parts.append("]]")
         return "".join(parts)
 
+    def remarks(self) -> list[str]:
+        """What the template dropped or rewrote, and the training-vs-serving difference."""
+        serving = [f"training vs serving: {self.serving_diff}"] if self.serving_diff else []
+        return [*self.notes, *serving]
+
     def _repr_html_(self) -> str:
         spans = [_token_html(token, i) for i, token in enumerate(self.tokens)]
+        remarks = "".join(f"<li>{html.escape(r)}</li>" for r in self.remarks())
+        if remarks:
+            remarks = f"<ul style='color:#9a6700;margin:2px 0'>{remarks}</ul>"
         legend = (
             f"<span style='{TRAINED_STYLE};padding:0 4px'>trained</span> "
             f"<span style='{IGNORED_STYLE};padding:0 4px'>ignored</span>"
@@ -98,6 +120,7 @@ class Preview:
         return (
             "<div class='ftmagic-preview'>"
             f"<div style='margin-bottom:4px'>{html.escape(self.summary())} {legend}</div>"
+            f"{remarks}"
             "<div style='font-family:monospace;white-space:pre-wrap;line-height:1.7'>"
             f"{''.join(spans)}</div></div>"
         )
@@ -122,9 +145,17 @@ def preview(
     *,
     task_type: str = CHAT,
     context_length: int | None = None,
+    chat_turns: str = "all",
+    fold_system_prompt: bool = False,
+    turn: int = -1,
 ) -> Preview:
     """Render ``example`` (a dict, a JSON string, or plain text for continued pretraining) with
-    ``model``'s tokenizer, exactly as training would, truncating to the context length."""
+    ``model``'s tokenizer, exactly as training would, truncating to the context length.
+
+    ``chat_turns`` and ``fold_system_prompt`` are the config fields of the same names; with
+    ``chat_turns="split"`` the record makes one example per assistant turn and ``turn`` picks
+    which (the last by default).
+    """
     from ftmagic.catalog import load_tokenizer, resolve_model
 
     task_type = str(task_type).upper()
@@ -132,10 +163,25 @@ def preview(
     problems = check_record(data, task_type, source="<example>", line=1)
     if problems:
         raise problems[0]
+    options = ChatOptions(turns=chat_turns, fold_system_prompt=fold_system_prompt)
+    if task_type == CHAT and chat_turns == "split":
+        data = split_turns(data)[turn]
     limit = context_length or resolve_model(model).context_length
     tokenizer = load_tokenizer(model)
-    rendered = render(tokenizer, data, task_type, max_length=limit, source="<example>")
-    text, roles = _text_and_roles(tokenizer, data, task_type)
+    rendered = render(
+        tokenizer, data, task_type, max_length=limit, source="<example>", options=options
+    )
+    layout = None
+    if task_type == CHAT:
+        layout = chat_layout(
+            tokenizer,
+            data["messages"],
+            tools=data.get("tools"),
+            last_only=chat_turns != "all",
+            fold_system=fold_system_prompt,
+            source="<example>",
+        )
+    text, roles = _text_and_roles(data, task_type, layout)
     tokens = _token_views(tokenizer, text, roles, rendered.input_ids, rendered.trained, task_type)
     trained = Counter(t.role for t in tokens if t.trained)
     ignored = Counter(t.role for t in tokens if not t.trained)
@@ -147,6 +193,8 @@ def preview(
         context_length=limit,
         trained_by_role=dict(trained.most_common()),
         untrained_by_role=dict(ignored.most_common()),
+        notes=list(layout.notes) if layout else [],
+        serving_diff=layout.serving_diff if layout else None,
     )
 
 
@@ -180,14 +228,17 @@ def _as_record(example: dict[str, Any] | str, task_type: str) -> dict[str, Any]:
     return data
 
 
-def _text_and_roles(tokenizer: Any, data: dict[str, Any], task_type: str) -> tuple[str, list[str]]:
+def _text_and_roles(
+    data: dict[str, Any], task_type: str, layout: ChatLayout | None
+) -> tuple[str, list[str]]:
     """The text ``render`` tokenized and the role of each of its characters."""
     if task_type == CHAT:
-        text, spans = chat_spans(tokenizer, data["messages"], source="<example>")
+        assert layout is not None
+        text = layout.text
         roles = [TEMPLATE] * len(text)
         for start, end, role in _message_spans(text, data["messages"]):
             roles[start:end] = [role] * (end - start)
-        for start, end in spans:
+        for start, end in layout.turn_spans.values():
             roles[start:end] = ["assistant"] * (end - start)
         return text, roles
     if task_type == INSTRUCTION:
@@ -199,15 +250,19 @@ def _text_and_roles(tokenizer: Any, data: dict[str, Any], task_type: str) -> tup
 
 
 def _message_spans(text: str, messages: list[dict[str, Any]]) -> list[tuple[int, int, str]]:
+    """Where each non-assistant message's content is in ``text`` (assistant turns come from the
+    layout)."""
     spans = []
     cursor = 0
     for message in messages:
-        content = message["content"].strip()
-        start = text.find(content, 0 if message["role"] == "system" else cursor)
-        if start < 0 or not content:
+        role = message["role"]
+        content = reasoning_of(message)[1] if role == "assistant" else message["content"].strip()
+        start = text.find(content, 0 if role == "system" else cursor) if content else -1
+        if start < 0:
             continue
-        spans.append((start, start + len(content), message["role"]))
-        if message["role"] != "system":
+        if role != "assistant":
+            spans.append((start, start + len(content), role))
+        if role != "system":
             cursor = start + len(content)
     return spans
 

@@ -15,7 +15,7 @@ from ftmagic.errors import DataError
 CHAT = "CHAT_COMPLETION"
 INSTRUCTION = "INSTRUCTION_FINETUNE"
 PRETRAIN = "CONTINUED_PRETRAIN"
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 CHAT_SHAPE = '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", ...}]}'
 INSTRUCTION_SHAPE = '{"prompt": "...", "response": "..."}'
 
@@ -140,10 +140,14 @@ def _check_message(message: dict[str, Any], where: str, error: Any) -> list[Data
         )
     elif role not in ROLES:
         found.append(
-            error("unknown role", f"{where}.role", role, fix="use system, user or assistant")
+            error("unknown role", f"{where}.role", role, fix="use system, user, assistant or tool")
         )
     content = message.get("content")
-    if "content" not in message:
+    calls = message.get("tool_calls")
+    found += _check_openai_fields(message, where, error)
+    if role == "assistant" and calls and content is None:
+        pass  # an OpenAI tool call: the assistant's content may be null
+    elif "content" not in message:
         found.append(error("message has no content", f"{where}.content", fix="add content: text"))
     elif not isinstance(content, str):
         found.append(
@@ -154,6 +158,41 @@ def _check_message(message: dict[str, Any], where: str, error: Any) -> list[Data
                 fix="put the message text in content as one string",
             )
         )
+    return found
+
+
+def _check_openai_fields(message: dict[str, Any], where: str, error: Any) -> list[DataError]:
+    """OpenAI fine-tuning fields: ``weight`` 0 or 1 on assistant messages, ``name`` a string,
+    ``tool_calls`` a list of ``{"type": "function", "function": {"name", "arguments"}}``."""
+    found = []
+    role = message.get("role")
+    if "weight" in message and (message["weight"] not in (0, 1) or role != "assistant"):
+        found.append(
+            error(
+                "weight must be 0 or 1, on assistant messages only",
+                f"{where}.weight",
+                message["weight"],
+                fix="weight: 0 leaves an assistant turn untrained; leave it out to train it",
+            )
+        )
+    if "name" in message and not isinstance(message["name"], str):
+        found.append(error("name must be a string", f"{where}.name", message["name"]))
+    calls = message.get("tool_calls")
+    if calls is not None:
+        ok = isinstance(calls, list) and all(
+            isinstance(c, dict) and isinstance((c.get("function") or {}).get("name"), str)
+            for c in calls
+        )
+        if role != "assistant" or not ok:
+            found.append(
+                error(
+                    "tool_calls must be a list of function calls on an assistant message",
+                    f"{where}.tool_calls",
+                    calls,
+                    fix='write [{"type": "function", "function": {"name": "...", '
+                    '"arguments": "{...}"}}]',
+                )
+            )
     return found
 
 
@@ -170,7 +209,22 @@ def _check_order(roles: list[str | None], error: Any) -> list[DataError]:
                     fix="move the system message to the start or merge it into the first one",
                 )
             )
-    turns = [(i, r) for i, r in enumerate(roles) if r in ("user", "assistant")]
+    # Tool results sit between an assistant's tool call and its next message.
+    for index, role in enumerate(roles):
+        if role == "tool" and (index == 0 or roles[index - 1] not in ("assistant", "tool")):
+            found.append(
+                error(
+                    "a tool message must follow the assistant message that called the tool",
+                    f"messages[{index}].role",
+                    role,
+                    fix="put tool results right after the assistant message with tool_calls",
+                )
+            )
+    turns = [
+        (i, r)
+        for i, r in enumerate(roles)
+        if r in ("user", "assistant") and not (r == "assistant" and i and roles[i - 1] == "tool")
+    ]
     # After an unreadable message we cannot tell what came first, so only report what is sure.
     if turns and turns[0][1] != "user" and None not in roles[: turns[0][0]]:
         index = turns[0][0]
@@ -266,3 +320,29 @@ def check_instruction(
                 )
             )
     return found
+
+
+def chat_notes(
+    data: dict[str, Any], *, source: str | None = None, line: int | None = None
+) -> list[str]:
+    """Warnings (not errors) about a valid chat record: assistant messages with empty content
+    (and no tool call) train only the end-of-turn token."""
+    notes = []
+    where = f"{source}:{line}" if line is not None else str(source)
+    for index, message in enumerate(data.get("messages") or []):
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        content = message.get("content")
+        if message.get("tool_calls") or (isinstance(content, str) and content.strip()):
+            continue
+        notes.append(
+            f"{where} messages[{index}].content: the assistant message is empty, so only its "
+            "end-of-turn token is trained (fill it in or remove the turn)"
+        )
+    return notes
+
+
+def uses_name(data: dict[str, Any]) -> bool:
+    """Whether any message of a chat record has a ``name``."""
+    messages = data.get("messages") if isinstance(data, dict) else None
+    return any(isinstance(m, dict) and m.get("name") for m in messages or [])
