@@ -53,7 +53,8 @@ class TokenCounter:
         self.problem: DataError | None = None
         fast = getattr(tokenizer, "is_fast", False)
         self._backend = getattr(tokenizer, "backend_tokenizer", None) if fast else None
-        self.exact = self._backend is None
+        # Only "all" turns are counted in batches; the other modes go through render.
+        self.exact = self._backend is None or (task_type == CHAT and self.options.turns != "all")
         self._eos_id = tokenizer.eos_token_id
         if task_type == CHAT:
             self.problem = _template_problem(tokenizer)

@@ -13,6 +13,7 @@ tokens are never trained; nor are assistant turns with ``weight: 0``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -255,9 +256,10 @@ def chat_layout(
     last = assistants[-1]
     notes: list[str] = []
     text, last_start = _text_with_last_turn(render_, messages, last, notes)
-    anchors = _content_positions(text, messages, source, line)
+    anchors, starts = _content_positions(text, messages, source, line)
     closing = turn_closing(tokenizer)
     specials = _special_strings(tokenizer)
+    stop = getattr(tokenizer, "eos_token", None)
     turn_spans: dict[int, Span] = {}
     serving_diff = None
     for i in assistants:
@@ -266,8 +268,12 @@ def chat_layout(
             start = last_start
         else:
             start = _turn_start(prompt, text, anchors[i], messages[i])
-        end = _turn_end(text, start, messages[i], closing, specials)
+        limit = starts[i + 1] if i + 1 < len(messages) else len(text)
+        if limit is None:  # the next message's text is not in the rendering as it is
+            limit = len(_common_prefix(render_(messages[: i + 1], False), text))
+        end = _turn_end(text, (start, limit), messages[i], closing, (stop, specials))
         turn_spans[i] = (start, end)
+        _check_tool_calls(tokenizer, messages[i], text[start:end], i, (source, line))
         if serving_diff is None and text[:start] != prompt:
             serving_diff = _serving_diff(i, text[:start], prompt)
         _note_rewrites(i, messages[i], text[start:end], notes)
@@ -288,6 +294,11 @@ def prepare_messages(
     out = []
     for message in messages:
         copy = dict(message)
+        if copy.get("tool_calls"):
+            # transformers drops None values, and most templates read content: a tool call's
+            # null content is empty text; JSON-string arguments become the dict templates expect.
+            copy["content"] = copy.get("content") or ""
+            copy["tool_calls"] = [_parsed_arguments(c) for c in copy["tool_calls"]]
         reasoning = next(
             (copy[f] for f in REASONING_FIELDS if isinstance(copy.get(f), str) and copy[f]), None
         )
@@ -303,6 +314,45 @@ def prepare_messages(
                 rest[k] = {**message, "content": merged}
                 break
         out = rest
+    return out
+
+
+def _parsed_arguments(call: Any) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    arguments = function.get("arguments") if isinstance(function, dict) else None
+    if not isinstance(arguments, str):
+        return call
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        return call
+    return (
+        {**call, "function": {**function, "arguments": parsed}}
+        if isinstance(parsed, dict)
+        else call
+    )
+
+
+def _string_arguments(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool-call arguments back as JSON strings, for templates that concatenate them."""
+    out = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls:
+            calls = [
+                {
+                    **c,
+                    "function": {
+                        **c["function"],
+                        "arguments": json.dumps(c["function"]["arguments"]),
+                    },
+                }
+                if isinstance(c.get("function", {}).get("arguments"), dict)
+                else c
+                for c in calls
+            ]
+            message = {**message, "tool_calls": calls}
+        out.append(message)
     return out
 
 
@@ -388,18 +438,29 @@ def _turn_start(prompt: str, text: str, anchor: int, message: dict[str, Any]) ->
 
 
 def _turn_end(
-    text: str, start: int, message: dict[str, Any], closing: str, specials: list[str]
+    text: str,
+    bounds: tuple[int, int],
+    message: dict[str, Any],
+    closing: str,
+    ends: tuple[str | None, list[str]],
 ) -> int:
-    """Where an assistant turn ends: after the template's closing text that follows its
-    answer (and tool calls); after the first special token there when the closing is unknown."""
+    """Where an assistant turn ends: after the template's closing text that follows its answer
+    (and tool calls), before the next message (``bounds[1]``). A turn closed otherwise (Command
+    R's tool calls end with ``<|END_ACTION|>``) ends after its last stop token (the eos), else
+    after the first special token after the answer."""
+    start, limit = bounds
+    stop, specials = ends
     _, answer = reasoning_of(message)
-    at = text.find(answer, start) if answer else -1
+    at = text.find(answer, start, limit) if answer else -1
     after = at + len(answer) if at >= 0 else start
     if closing:
-        found = text.find(closing, after)
+        found = text.find(closing, after, limit)
         if found >= 0:
             return found + len(closing)
-    return after + _end_of_turn(text[after:], 0, specials)
+    region = text[after:limit]
+    if stop and stop in region:
+        return after + region.rfind(stop) + len(stop)
+    return after + _end_of_turn(region, 0, specials)
 
 
 def _note_rewrites(i: int, message: dict[str, Any], turn: str, notes: list[str]) -> None:
@@ -480,6 +541,24 @@ def _check_tool_support(
         )
 
 
+def _check_tool_calls(
+    tokenizer: Any, message: dict[str, Any], turn: str, i: int, where: tuple[str | None, int | None]
+) -> None:
+    for call in message.get("tool_calls") or []:
+        name = (call.get("function") or {}).get("name")
+        if name and name not in turn:
+            model = getattr(tokenizer, "name_or_path", "") or "this model"
+            raise DataError(
+                f"the chat template of {model} does not render the assistant's tool call "
+                f"{name!r}: it would not be trained",
+                source=where[0],
+                line=where[1],
+                field=f"messages[{i}].tool_calls",
+                fix="use a model whose template renders tool calls (Qwen2.5, Qwen3, Llama 3.1+, "
+                "Mistral v0.3, Command R7B), or leave the tool turns out of this record",
+            )
+
+
 def template_reads_name(tokenizer: Any) -> bool:
     """Whether the chat template renders a message's ``name``."""
     template = str(getattr(tokenizer, "chat_template", "") or "")
@@ -531,11 +610,17 @@ def _apply(
 ) -> str:
     from jinja2 import TemplateError
 
-    try:
-        text = tokenizer.apply_chat_template(
+    def apply(messages: list[dict[str, Any]]) -> Any:
+        return tokenizer.apply_chat_template(
             messages, tools=tools or None, tokenize=False, add_generation_prompt=generation_prompt
         )
-    except TemplateError as err:
+
+    try:
+        try:
+            text = apply(messages)
+        except TypeError:  # a template that joins tool-call arguments as text (DeepSeek-R1)
+            text = apply(_string_arguments(messages))
+    except (TemplateError, TypeError) as err:
         raise _template_error(tokenizer, messages, err, source, line) from None
     return str(text)
 
@@ -570,17 +655,25 @@ def _template_error(
 
 def _content_positions(
     full: str, messages: list[dict[str, Any]], source: str | None, line: int | None
-) -> list[int]:
+) -> tuple[list[int], list[int | None]]:
     """Where the search for each message may start in ``full`` (the end of the previous turn's
-    text). User, tool and assistant turns keep their order; some templates move the system
-    message. A user or assistant message whose text cannot be found was dropped: an error."""
+    text), and where each message's text starts (None when not found as it is, or empty).
+    User, tool and assistant turns keep their order; some templates move the system message.
+    A user or assistant message whose text cannot be found was dropped: an error."""
     ends = []
+    starts: list[int | None] = []
     cursor = 0
     for i, message in enumerate(messages):
         role = message["role"]
         content = reasoning_of(message)[1] if role == "assistant" else _text(message)
         start = cursor if role != "system" else 0
         pos = full.find(content, start) if content else start
+        if pos < 0 and role == "tool":
+            # Templates may re-encode a tool result (Llama 3.2 and Command R write it as JSON);
+            # it is never trained, so only its place is lost.
+            ends.append(cursor)
+            starts.append(None)
+            continue
         if pos < 0:
             raise DataError(
                 f"the model's chat template drops this {role} message: its content is not in "
@@ -596,10 +689,11 @@ def _content_positions(
         if role != "system":
             cursor = end
         ends.append(end)
+        starts.append(pos if content and role != "system" else None)
     previous = [0]
     for i in range(1, len(messages)):
         previous.append(ends[i - 1] if messages[i - 1]["role"] != "system" else previous[-1])
-    return previous
+    return previous, starts
 
 
 def _text(message: dict[str, Any]) -> str:
