@@ -110,3 +110,43 @@ def fast_fields(env: dict[str, Any], **changes: Any) -> dict[str, Any]:
     }
     fields.update(changes)
     return fields
+
+
+@pytest.fixture(scope="module")
+def kernel_spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``python3`` kernelspec that runs this interpreter (the venv's ipykernel), first on
+    ``JUPYTER_PATH``; kernels started by the module's tests see no test-only quieting switch
+    (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``), so ftmagic's own quieting is what is tested."""
+    import json
+    import sys
+
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    kernel = {"argv": argv, "display_name": "ftmagic tests", "language": "python"}
+    (spec / "kernel.json").write_text(json.dumps(kernel))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", str(root))
+        mp.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+        yield "python3"
+
+
+# What transformers, huggingface_hub and mlflow print by themselves when left alone.
+THIRD_PARTY_NOISE = (
+    "Loading weights",
+    "Writing model shards",
+    "Downloading artifacts",
+    "model card could not be retrieved",
+    "Unable to find license information",
+    "Failed to log model config",
+    "Changing param values is not allowed",
+    "Creating initial MLflow database tables",
+    "Successfully registered model",
+    "it/s]",
+)
+
+
+def noise_in(text: str) -> list[str]:
+    """The third-party messages found in ``text``."""
+    return [marker for marker in THIRD_PARTY_NOISE if marker in text]

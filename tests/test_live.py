@@ -3,6 +3,7 @@ kernel keeps running cells."""
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,3 +145,38 @@ def test_kernel_runs_cells_while_training_and_cancel_stops(
     assert "STOPPED" in view.progress_text.value
     assert 1 <= view.progress_bar.value < 400
     assert bytes(view.plot.value).startswith(PNG)
+
+
+def test_final_outputs_are_a_summary_card_and_the_curves() -> None:
+    @dataclass
+    class Checkpoint:
+        step: int
+
+    run = RecordedRun(
+        status="COMPLETED",
+        progress={"step": 4, "total_steps": 4, "tokens": 4096, "elapsed_s": 65},
+        series={
+            "train/loss": [(1, 3.0), (4, 2.0)],
+            "eval/loss": [(2, 2.6), (4, 2.7)],
+            "train/tokens_per_s": [(1, 60.0), (4, 70.0)],
+        },
+        events=[Event("TIMING", 9.0, "estimated 50 s, took 61 s")],
+        checkpoints=[Checkpoint(2), Checkpoint(4)],
+    )
+    run.registered_model = "models:/main.ner/3"  # type: ignore[attr-defined]
+    run.tracking_uri = "sqlite:////tmp/x/mlflow.db"  # type: ignore[attr-defined]
+    view = LiveView(run, start=False)
+    assert view.update() is True
+    assert view.cancel_button.disabled and view.cancel_button.layout.display == "none"
+    card, curves = view.final_outputs()
+    html_card, text = card["text/html"], card["text/plain"]
+    assert ">COMPLETED<" in html_card and "Cancel" not in html_card
+    assert "final eval loss</th>" in html_card and "2.7000" in html_card
+    assert "best eval loss</th>" in html_card and "2.6000" in html_card
+    assert "4 of 4" in html_card and "4,096" in html_card and ">65<" in html_card
+    assert "1:05 (estimated 50 s, took 61 s)" in html_card
+    assert "2 (steps 2, 4)" in html_card and "models:/main.ner/3" in html_card
+    assert "mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db" in html_card
+    assert "mlflow models serve -m models:/main.ner/3 --host 127.0.0.1" in html_card
+    assert text.startswith("run tiny-chat-ner: COMPLETED") and "best eval loss   2.6000" in text
+    assert base64.b64decode(curves["image/png"]).startswith(PNG)

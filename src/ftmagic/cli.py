@@ -30,6 +30,7 @@ GROUP_TITLES = {
     "backend": "backend fields",
 }
 TEXT_TYPES = ("str", "str | None")
+VERBOSE_HELP = "show third-party progress bars, warnings and logs (default: Python logging only)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
 
     demo = commands.add_parser("demo", help="train a tiny model on bundled data, end to end")
+    demo.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     demo.set_defaults(handler=cmd_demo)
 
     runs = commands.add_parser("runs", help="list runs, newest first")
@@ -131,12 +133,14 @@ def add_field_options(parser: argparse.ArgumentParser) -> None:
         text = field.metadata["help"] + (
             f" (default: {default})" if default not in ("", None) else ""
         )
+        flag = {"nargs": "?", "const": "true"} if field.name == "verbose" else {}
         groups[group_name].add_argument(
             "--" + field.name.replace("_", "-"),
             dest=f"field_{field.name}",
             metavar="VALUE",
             default=argparse.SUPPRESS,
             help=text.replace("%", "%%"),
+            **flag,  # type: ignore[arg-type]
         )
 
 
@@ -222,7 +226,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ftmagic.train.cli import demo_command
 
-    return demo_command()
+    return demo_command(verbose=args.verbose)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -224,6 +224,12 @@ class RunConfig:
         "Ray cluster address (ray://... or http://...:8265). Empty: RAY_ADDRESS.",
         group="backend",
     )
+    verbose: bool = _field(
+        False,
+        "Show third-party progress bars, warnings and logs (transformers, mlflow) in the notebook "
+        "or terminal. Off: they go to Python logging only; ftmagic's own messages always show.",
+        group="backend",
+    )
 
     def __post_init__(self) -> None:
         self._check()
@@ -408,7 +414,13 @@ class RunConfig:
         self.lora_dropout = _check_float("lora_dropout", self.lora_dropout, low=0.0, high=0.99)  # type: ignore[assignment]
         self.weight_decay = _check_float("weight_decay", self.weight_decay, low=0.0, high=10.0)  # type: ignore[assignment]
         self.max_grad_norm = _check_float("max_grad_norm", self.max_grad_norm, low=0.0, high=1e6)  # type: ignore[assignment]
-        for name in ("validate_inputs", "gradient_checkpointing", "packing", "merge_lora"):
+        for name in (
+            "validate_inputs",
+            "gradient_checkpointing",
+            "packing",
+            "merge_lora",
+            "verbose",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, "must be true or false", value=getattr(self, name))
         if self.register_to is not None:

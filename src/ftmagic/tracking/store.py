@@ -110,6 +110,9 @@ def client(uri: str | None = None) -> MlflowClient:
     """An ``MlflowClient`` for ``uri`` (mlflow caches the store behind it, so this is cheap)."""
     from mlflow import MlflowClient
 
+    from ftmagic import quiet
+
+    quiet.apply()  # before the client's first query, which may create the SQLite tables
     uri = uri or tracking_uri()
     return MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
 
@@ -808,7 +811,9 @@ def _text_generation_pipeline(model_dir: Path) -> tuple[Any, str | None]:
 
 SERVING_DEFAULTS: dict[str, Any] = {"max_new_tokens": 64, "do_sample": False}
 """Generation defaults of a registered model; a request's ``params`` override them. Greedy, like
-``Run.generate``: transformers' text-generation pipeline would otherwise sample (a constant)."""
+``Run.generate``: transformers' text-generation pipeline would otherwise sample (a constant).
+They are the signature's param defaults, which mlflow applies to every request; not also a
+``model_config``, which mlflow would log as run params over the run's own ``max_new_tokens``."""
 
 
 def _log_model_into(
@@ -829,7 +834,6 @@ def _log_model_into(
                 registered_model_name=name,
                 signature=signature,
                 pip_requirements=requirements,
-                model_config=dict(SERVING_DEFAULTS),
                 base_model_path=base_path,
             )
         result["version"] = info.registered_model_version

@@ -8,6 +8,7 @@ and a closing summary that says where everything is.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -39,9 +40,11 @@ def train_here(
     config: RunConfig, *, run_id: str | None = None, resume: bool = False
 ) -> TrainResult | None:
     """``train_command``'s work; the result, or None (and a message) for wrong arguments."""
+    from ftmagic import quiet
     from ftmagic.tracking import store
     from ftmagic.train.trainer import train
 
+    quiet.set_verbose(config.verbose)
     if resume and run_id is None:
         print(
             "ftmagic train: --resume needs --run-id RUN_ID (the run to continue)", file=sys.stderr
@@ -168,10 +171,10 @@ def demo_config() -> RunConfig:
     )
 
 
-def demo_command() -> int:
+def demo_command(*, verbose: bool = False) -> int:
     """Train the demo run, register it as ``ftmagic.demo.ner_tiny``, score it on held-out
-    sentences and say where to look."""
-    config = demo_config()
+    sentences and say where to look. ``verbose`` shows third-party output too."""
+    config = dataclasses.replace(demo_config(), verbose=verbose)
     print(
         f"ftmagic demo: fine-tuning {config.model} to list the drug names in a sentence, on "
         f"{Path(config.train_data_path).name} (bundled NER chats), for {config.training_duration}"

@@ -1084,9 +1084,13 @@ def train(
     checkpoint (STOPPED). ``resume`` continues from the run's last committed checkpoint exactly.
     ``progress`` is called on rank 0 after every step.
     """
+    from ftmagic import quiet
     from ftmagic.train.distributed import setup as setup_distributed
     from ftmagic.train.distributed import teardown
 
+    if config.verbose:
+        quiet.set_verbose(True)
+    quiet.apply(load=("transformers", "mlflow"))
     ctx = setup_distributed(config)
     reporter = Reporter(run_id, enabled=ctx.is_main)
     session: Session | None = None

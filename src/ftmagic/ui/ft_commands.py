@@ -79,13 +79,17 @@ def runs(magics: Any, argv: builtins.list[str]) -> RunTable:
     return RunTable(ftmagic.list(experiment_path=args.experiment, limit=args.limit))
 
 
-def status(magics: Any, argv: builtins.list[str]) -> Any:
-    from ftmagic.ui.live import LiveView
+def status(magics: Any, argv: builtins.list[str]) -> None:
+    """Show the run's live view; it turns into a summary card and curves when the run ends
+    (``magics.last_view`` is the view)."""
+    from ftmagic.ui.live import LiveView, display_live
 
     parser = _parser("status")
     parser.add_argument("run", nargs="?", default=None)
     args = parser.parse_args(argv)
-    return LiveView(resolve_run(magics, args.run), refresh_interval=magics.refresh_interval)
+    run = resolve_run(magics, args.run)
+    magics.last_view = LiveView(run, refresh_interval=magics.refresh_interval, start=False)
+    display_live(magics.last_view)
 
 
 def cancel(magics: Any, argv: builtins.list[str]) -> None:

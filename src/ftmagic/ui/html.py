@@ -134,3 +134,88 @@ def table_html(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 def _cell(value: Any) -> str:
     text = "" if value is None else str(value)
     return f"<span style='white-space:pre-wrap'>{html.escape(text)}</span>"
+
+
+def ui_command(tracking_uri: str | None) -> str:
+    """The shell command that opens MLflow's UI on the run's store."""
+    return f"mlflow ui --backend-store-uri {tracking_uri}" if tracking_uri else "mlflow ui"
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The card's rows as (label, text); rows whose value is unknown are left out."""
+
+    def loss(value: Any) -> str | None:
+        return None if value is None else f"{float(value):.4f}"
+
+    step, total = summary.get("step"), summary.get("total_steps")
+    tokens, speed = summary.get("tokens"), summary.get("tokens_per_s")
+    rows = [
+        ("final eval loss", loss(summary.get("final_eval_loss"))),
+        ("best eval loss", loss(summary.get("best_eval_loss"))),
+        ("final train loss", loss(summary.get("final_train_loss"))),
+        ("steps", None if step is None else f"{step}" + (f" of {total}" if total else "")),
+        ("tokens", None if tokens is None else f"{int(tokens):,}"),
+        ("duration", _took(summary)),
+        ("tokens/s", None if speed is None else f"{float(speed):,.0f}"),
+        ("checkpoints", _checkpoints(summary.get("checkpoints") or [])),
+        ("registered model", summary.get("registered_model")),
+        ("run", f"{summary.get('name', '')} ({summary.get('run_id', '')})"),
+    ]
+    return [(label, text) for label, text in rows if text]
+
+
+def _took(summary: dict[str, Any]) -> str | None:
+    took = summary.get("elapsed_s")
+    if took is None:
+        return None
+    if summary.get("timing"):  # the trainer's own "estimated X, took Y" for training
+        return f"{clock(took)} ({summary['timing']})"
+    estimated = summary.get("estimated_s")
+    return f"{clock(took)} (estimated {clock(estimated)})" if estimated else clock(took)
+
+
+def _checkpoints(steps: Sequence[int]) -> str | None:
+    if not steps:
+        return None
+    shown = ", ".join(str(s) for s in list(steps)[-6:])
+    return f"{len(steps)} (steps {'…, ' if len(steps) > 6 else ''}{shown})"
+
+
+def summary_commands(summary: dict[str, Any]) -> list[str]:
+    """``mlflow ui`` for every run, plus ``mlflow models serve`` when a model was registered."""
+    uri = summary.get("tracking_uri")
+    commands = [ui_command(uri)]
+    if summary.get("registered_model"):
+        env = f"MLFLOW_TRACKING_URI={uri} " if uri else ""
+        commands.append(env + serve_command(summary["registered_model"]))
+    return commands
+
+
+def summary_card_html(summary: dict[str, Any]) -> str:
+    """A run's end as a self-contained HTML card (inline styles only: it is saved in notebooks
+    and shown without a kernel, on GitHub and by nbconvert)."""
+    title = html.escape(str(summary.get("name", "")))
+    badge = status_badge(str(summary.get("status", "")), summary.get("status_reason"))
+    rows = "".join(
+        f"<tr><th {CELL}>{html.escape(label)}</th><td {CELL}>{_cell(text)}</td></tr>"
+        for label, text in summary_rows(summary)
+    )
+    commands = "".join(
+        f"<pre style='margin:2px 0;white-space:pre-wrap'>{html.escape(c)}</pre>"
+        for c in summary_commands(summary)
+    )
+    return (
+        "<div class='ftmagic-summary' style='border:1px solid #ddd;border-radius:4px;"
+        "padding:6px 10px;max-width:760px'>"
+        f"<div><b>{title}</b> &nbsp; {badge}</div>{TABLE}{rows}</table>{commands}</div>"
+    )
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """The same card as plain text, for terminals and text-only viewers."""
+    reason = summary.get("status_reason")
+    head = f"run {summary.get('name', '')}: {summary.get('status', '')}"
+    lines = [head + (f" ({reason})" if reason else "")]
+    lines += [f"  {label:<17}{text}" for label, text in summary_rows(summary)]
+    lines += [f"  {command}" for command in summary_commands(summary)]
+    return "\n".join(lines)

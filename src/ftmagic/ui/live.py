@@ -8,6 +8,7 @@ from a thread. The plot is redrawn only when the metrics changed, at most every
 
 from __future__ import annotations
 
+import base64
 import html
 import logging
 import threading
@@ -83,8 +84,9 @@ class LiveView(widgets.VBox):
             self.events_html.value = render.events_html(self.run.events)
             self._show_generations()
             self.done = status in DONE_STATUSES
-            if self.done:
+            if self.done:  # nothing left to cancel
                 self.cancel_button.disabled = True
+                self.cancel_button.layout.display = "none"
             return self.done
 
     def start(self) -> None:
@@ -158,8 +160,112 @@ class LiveView(widgets.VBox):
             self.plot.value = curves_png(metrics)
             self._plot_key = key
 
+    # --- the outputs that stay ------------------------------------------------------------
+    def final_outputs(self) -> list[dict[str, Any]]:
+        """Mimebundles that replace the view once the run has ended: an HTML summary card and a
+        PNG of the curves. Plain data, so they survive saving, a missing kernel and nbconvert."""
+        summary = run_summary(self.run)
+        outputs = [
+            {
+                "text/html": render.summary_card_html(summary),
+                "text/plain": render.summary_text(summary),
+            }
+        ]
+        png = bytes(self.plot.value or b"") or curves_png(self.run.metrics(list(PLOT_METRICS)))
+        outputs.append(
+            {
+                "image/png": base64.b64encode(png).decode("ascii"),
+                "text/plain": f"<loss and learning-rate curves of run {summary['name']}>",
+            }
+        )
+        return outputs
+
+    def close_all(self) -> None:
+        """Close the view and every widget in it (their comms too)."""
+        stack: list[widgets.Widget] = [self]
+        while stack:
+            widget = stack.pop()
+            stack.extend(getattr(widget, "children", ()))
+            widget.close()
+
     def _show_generations(self) -> None:
         count = len(self.run.checkpoints)
         if count != self._checkpoint_count:
             self.generations_html.value = render.generations_html(self.run.generations())
             self._checkpoint_count = count
+
+
+def run_summary(run: Any) -> dict[str, Any]:
+    """What the summary card shows, read from the run as plain values."""
+    progress = dict(run.progress or {})
+    metrics = run.metrics(["eval/loss", "train/loss", "train/tokens_per_s"])
+    evals = [value for _, value in metrics.get("eval/loss", [])]
+    speeds = [value for _, value in metrics.get("train/tokens_per_s", [])]
+    trains = metrics.get("train/loss", [])
+    elapsed, tokens = progress.get("elapsed_s"), progress.get("tokens")
+    if not speeds and elapsed and tokens:
+        speeds = [tokens / elapsed]
+    return {
+        "name": str(getattr(run, "name", "") or ""),
+        "run_id": str(run.run_id),
+        "status": status_name(run.status),
+        "status_reason": getattr(run, "status_reason", None),
+        "step": progress.get("step"),
+        "total_steps": progress.get("total_steps"),
+        "tokens": tokens,
+        "elapsed_s": elapsed,
+        "estimated_s": estimated_seconds(run),
+        "timing": timing_message(run),
+        "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
+        "final_train_loss": trains[-1][1] if trains else None,
+        "final_eval_loss": evals[-1] if evals else None,
+        "best_eval_loss": min(evals) if evals else None,
+        "checkpoints": [int(getattr(c, "step", 0)) for c in run.checkpoints],
+        "registered_model": getattr(run, "registered_model", None),
+        "tracking_uri": getattr(run, "tracking_uri", None),
+    }
+
+
+ESTIMATED_TAG = "ftmagic.estimated_seconds"  # written by the trainer when the run was sized
+
+
+def estimated_seconds(run: Any) -> float | None:
+    """The run's up-front time estimate, when it recorded one (older runs did not)."""
+    tags = getattr(run, "_tags", None)
+    value = tags.get(ESTIMATED_TAG) if isinstance(tags, dict) else None
+    try:
+        return float(value) if value is not None and float(value) > 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
+def timing_message(run: Any) -> str | None:
+    """The run's closing ``TIMING`` event ("estimated 40 s, took 52 s"), when it has one."""
+    events = getattr(run, "events", None) or []
+    return next((str(e.message) for e in reversed(events) if e.type == "TIMING"), None)
+
+
+def display_live(view: LiveView) -> None:
+    """Show ``view`` in the cell and, once its run ends, replace it in place with the summary
+    card and the curves as plain outputs (``update_display_data``), so that a saved notebook
+    keeps the run and holds no widget-only output."""
+    from IPython.display import display
+
+    handles = [
+        display(view, display_id=True),
+        display({"text/plain": ""}, raw=True, display_id=True),
+    ]
+
+    def settle(_run: Any) -> None:
+        try:
+            bundles = view.final_outputs()
+        except Exception as err:  # keep the live view rather than lose the run's outputs
+            log.warning("live view: cannot summarise run %s: %s", view.run.run_id, err)
+            return
+        for handle, bundle in zip(handles, bundles, strict=True):
+            if handle is not None:
+                handle.update(bundle, raw=True)
+        view.close_all()
+
+    view.on_done(settle)
+    view.start()

@@ -17,7 +17,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
-from traitlets import Bool, Float, Int, Unicode
+from traitlets import Bool, Float, Int, Unicode, observe
 
 from ftmagic.config import RunConfig
 from ftmagic.errors import FtmagicError
@@ -48,10 +48,22 @@ class FinetuneMagics(Magics):
         config=True
     )
     wait = Bool(False, help="Block every %%finetune cell until its run ends.").tag(config=True)
+    verbose = Bool(
+        False,
+        help="Show third-party progress bars, warnings and logs (transformers, mlflow) in cells; "
+        "off, they go to Python logging only.",
+    ).tag(config=True)
+
+    @observe("verbose")
+    def _verbose_changed(self, change: dict[str, Any]) -> None:
+        from ftmagic import quiet
+
+        quiet.set_verbose(change["new"])
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell, **kwargs)
         self.last_run: Any = None
+        self.last_view: Any = None  # the newest live view (%%finetune or %ft status)
 
     @cell_magic
     @with_config_help
@@ -78,7 +90,11 @@ class FinetuneMagics(Magics):
 
     def cell_config(self, cell: str, *, backend: str | None = None) -> RunConfig:
         """The cell's config: traitlet defaults < the YAML body < the flags."""
-        defaults = {"backend": self.backend, "experiment_path": self.experiment_path}
+        defaults = {
+            "backend": self.backend,
+            "experiment_path": self.experiment_path,
+            "verbose": self.verbose,
+        }
         overrides = {"backend": backend} if backend else {}
         return parse_cell(
             cell,
@@ -102,12 +118,13 @@ class FinetuneMagics(Magics):
 
     def _train(self, config: RunConfig, wait: bool) -> Any:
         import ftmagic
-        from ftmagic.ui.live import LiveView, status_name
+        from ftmagic.ui.live import LiveView, display_live, status_name
 
         run = ftmagic.create(config)
         self.last_run = run
-        view = LiveView(run, refresh_interval=self.refresh_interval)
-        display(view)
+        view = LiveView(run, refresh_interval=self.refresh_interval, start=False)
+        self.last_view = view
+        display_live(view)
         if wait or self.wait:
             try:
                 run.wait()
