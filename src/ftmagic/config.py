@@ -24,16 +24,21 @@ METHODS = ("full", "lora")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULES = ("cosine", "linear", "constant")
 BACKENDS = ("inkernel", "local", "torchrun", "ray")
+CHAT_TURNS = ("all", "last", "split")
 DATA_PARALLEL = ("auto", "ddp", "fsdp2")
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "flex_attention", "flash_attention_2")
 DURATION_UNITS = {"ep": "epochs", "tok": "tokens", "ba": "batches (optimizer steps)"}
 MAX_TOTAL_TOKENS = 10_000_000_000
+DATA_FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_response", "text")
+RECORD_FIELDS = ("messages", "prompt", "response", "completion", "text", "system")
 
 
 def _field(default: Any, help: str, *, group: str = "run", **kw: Any) -> Any:
     meta = {"help": help, "group": group}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta, **kw)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
 
 
@@ -109,8 +114,30 @@ class RunConfig:
     eval_data_path: str | None = _field(
         None, "Eval data in the same format as the training data.", group="data"
     )
-    eval_prompts: list[str] = _field(
-        [], "Prompts to generate from at every checkpoint, to watch the model learn.", group="data"
+    eval_prompts: list[Any] = _field(
+        [],
+        "Prompts to generate from at every checkpoint, to watch the model learn: strings, or "
+        "message lists like [{role: user, content: ...}]. When every training example has the "
+        "same system prompt, string prompts get it too.",
+        group="data",
+    )
+    data_format: str = _field(
+        "auto",
+        "Shape of the data records: auto (detect), messages, sharegpt (conversations of "
+        "from/value), alpaca (instruction/input/output), prompt_response or text.",
+        group="data",
+    )
+    columns: dict[str, str] | None = _field(
+        None,
+        "Rename source fields to the ones ftmagic reads, e.g. {prompt: question, response: "
+        "answer} or {messages: dialog}.",
+        group="data",
+    )
+    prompt_template: str | None = _field(
+        None,
+        "INSTRUCTION_FINETUNE: how the prompt is written before the response, with {prompt} "
+        "where it goes, e.g. '{prompt}\\n\\n### Answer:\\n'. Empty: the prompt as it is.",
+        group="data",
     )
     custom_weights_path: str | None = _field(
         None,
@@ -132,6 +159,19 @@ class RunConfig:
         None, "MLflow experiment that holds the run. Empty: 'ftmagic'."
     )
     validate_inputs: bool = _field(True, "Validate the data before training starts.", group="data")
+    chat_turns: str = _field(
+        "all",
+        "Chat data: all (train every assistant turn as the template renders the conversation; "
+        "the last keeps its reasoning), last (only the last assistant turn) or split (one "
+        "example per assistant turn, so every turn's reasoning is trained).",
+        group="data",
+    )
+    fold_system_prompt: bool = _field(
+        False,
+        "Chat data: merge the system message into the first user message (for templates that "
+        "reject system messages, like Gemma 2).",
+        group="data",
+    )
 
     # --- fields we need because we train the model ourselves ---
     method: str = _field("full", "full (every weight) or lora (low-rank adapters).", group="method")
@@ -381,6 +421,7 @@ class RunConfig:
         self.precision = _choice("precision", self.precision, PRECISIONS)
         self.lr_schedule = _choice("lr_schedule", self.lr_schedule, SCHEDULES)
         self.backend = _choice("backend", self.backend, BACKENDS)
+        self.chat_turns = _choice("chat_turns", self.chat_turns, CHAT_TURNS)
         self.data_parallel = _choice("data_parallel", self.data_parallel, DATA_PARALLEL)
         self.attn_implementation = _choice(
             "attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS
@@ -391,7 +432,16 @@ class RunConfig:
             self.eval_prompts = [self.eval_prompts]
         if isinstance(self.lora_target_modules, str):
             self.lora_target_modules = [self.lora_target_modules]
-        _check_list_of_str("eval_prompts", self.eval_prompts)
+        _check_eval_prompts(self.eval_prompts)
+        self.data_format = _choice("data_format", self.data_format, DATA_FORMATS)
+        self.columns = _check_columns(self.columns)
+        if self.prompt_template is not None and "{prompt}" not in str(self.prompt_template):
+            raise ConfigError(
+                "prompt_template",
+                "has no {prompt} placeholder",
+                value=self.prompt_template,
+                allowed="text with {prompt} where the prompt goes, e.g. '{prompt}\\n\\nAnswer: '",
+            )
         _check_list_of_str("lora_target_modules", self.lora_target_modules)
         for name in ("context_length", "pack_length", "warmup_steps"):
             _check_int(
@@ -419,6 +469,7 @@ class RunConfig:
             "gradient_checkpointing",
             "packing",
             "merge_lora",
+            "fold_system_prompt",
             "verbose",
         ):
             if not isinstance(getattr(self, name), bool):
@@ -479,6 +530,60 @@ def _check_float(
     if not low <= value <= high:
         raise ConfigError(name, f"must be between {low:g} and {high:g}", value=value)
     return float(value)
+
+
+def _check_eval_prompts(value: Any) -> None:
+    """Strings, or message lists of ``{role, content}`` objects."""
+    if not isinstance(value, list):
+        raise ConfigError("eval_prompts", "must be a list of prompts", value=value)
+    for prompt in value:
+        if isinstance(prompt, str):
+            continue
+        ok = isinstance(prompt, list) and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m
+            for m in prompt
+        )
+        if not ok or not prompt:
+            raise ConfigError(
+                "eval_prompts",
+                "holds a prompt that is neither a string nor a list of messages",
+                value=prompt,
+                allowed="'a prompt' or [{role: user, content: 'a prompt'}]",
+            )
+
+
+def _check_columns(value: Any) -> dict[str, str] | None:
+    """``{field ftmagic reads: source column}``; YAML text of one (as a form gives it) is read."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(
+                "columns", "is not a mapping", value=value, allowed="e.g. {prompt: question}"
+            ) from None
+    if not value:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError(
+            "columns",
+            "must map field names to column names",
+            value=value,
+            allowed="e.g. {prompt: question, response: answer}",
+        )
+    for key in value:
+        if key not in RECORD_FIELDS:
+            close = difflib.get_close_matches(key, RECORD_FIELDS, n=1, cutoff=0.5)
+            raise ConfigError(
+                "columns",
+                f"maps to {key!r}, which is not a field ftmagic reads",
+                value=value,
+                allowed=", ".join(RECORD_FIELDS) + " (the key is ftmagic's field, the value "
+                "your column)",
+                suggestion=f"did you mean '{close[0]}'?" if close else None,
+            )
+    return dict(value)
 
 
 def _check_list_of_str(name: str, value: Any) -> None:

@@ -12,7 +12,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ftmagic.data.readers import iter_records, iter_text_files, looks_like_record_source
-from ftmagic.data.render import PRETRAIN, TokenizedExample, chunk_texts, render
+from ftmagic.data.render import (
+    PRETRAIN,
+    ChatOptions,
+    TokenizedExample,
+    chunk_texts,
+    render_examples,
+)
 from ftmagic.errors import DataError
 
 if TYPE_CHECKING:
@@ -56,16 +62,19 @@ def load_examples(
     max_length = effective_context_length(config, entry)
     if config.task_type == PRETRAIN:
         return list(chunk_texts(tokenizer, _pretraining_texts(path), max_length))
+    options = ChatOptions.of(config)
     return [
-        render(
+        example
+        for record in iter_records(path)
+        for example in render_examples(
             tokenizer,
             record.data,
             config.task_type,
             max_length=max_length,
             source=record.source,
             line=record.line,
+            options=options,
         )
-        for record in iter_records(path)
     ]
 
 

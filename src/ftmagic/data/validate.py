@@ -27,7 +27,9 @@ from ftmagic.data.readers import (
     iter_text_files,
     looks_like_record_source,
 )
-from ftmagic.data.rules import PRETRAIN, check_record, task_mismatch
+from ftmagic.data.render import ChatOptions
+from ftmagic.data.rules import CHAT, PRETRAIN, chat_notes, check_record, task_mismatch, uses_name
+from ftmagic.data.templates import chat_report_notes
 from ftmagic.errors import DataError, FtmagicError, ValidationFailed
 
 BATCH = 512
@@ -69,6 +71,9 @@ class ErrorLog(list[DataError]):
         super().__init__()
         self.limit = limit
         self.total = 0
+        self.notes: list[str] = []  # per-record warnings (ftmagic.data.rules.chat_notes)
+        self.num_notes = 0
+        self.uses_name = False
 
     def append(self, error: DataError) -> None:
         self.total += 1
@@ -232,7 +237,8 @@ def validate(config: RunConfig, *, max_errors: int = 20) -> ValidationReport:
                 fix="set train_data_path to a JSONL/Parquet/CSV file, a Delta table or a folder",
             )
         )
-    counter = TokenCounter(tokenizer, config.task_type) if tokenizer else None
+    options = ChatOptions.of(config)
+    counter = TokenCounter(tokenizer, config.task_type, options) if tokenizer else None
     if counter is not None and counter.problem is not None:
         errors.append(counter.problem)
         counter = None
@@ -261,6 +267,8 @@ def validate(config: RunConfig, *, max_errors: int = 20) -> ValidationReport:
     if counter is not None and train.num_examples:
         _size_run(report, config, entry, errors)
     _advise(report, config, counter is not None)
+    if counter is not None and config.task_type == CHAT:
+        report.warnings += chat_report_notes(errors, tokenizer, config.model)
     report.errors = list(errors)
     report.num_errors = errors.total
     return report
@@ -373,6 +381,11 @@ def _report_all(record: Record, task_type: str, errors: ErrorLog) -> bool:
     problems = check_record(record.data, task_type, source=record.source, line=record.line)
     for problem in problems:
         errors.append(problem)
+    if not problems and task_type == CHAT:
+        found = chat_notes(record.data, source=record.source, line=record.line)
+        errors.num_notes += len(found)
+        errors.notes += found[: max(0, errors.limit - len(errors.notes))]
+        errors.uses_name = errors.uses_name or uses_name(record.data)
     return bool(problems)
 
 

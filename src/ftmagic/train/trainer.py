@@ -395,6 +395,8 @@ class Reporter:
         self._metrics: Any = None
         self._last_cancel_poll = time.monotonic()
         self._stop_beating = threading.Event()
+        self.started = time.monotonic()
+        self.estimated_seconds: float | None = None
 
     def start_heartbeat(self) -> None:
         """Beat from a daemon thread until ``close``: a slow model load, a long step or a busy
@@ -443,6 +445,21 @@ class Reporter:
     def total_steps(self, total: int) -> None:
         if self.enabled:
             self.store.set_tag(self.run_id, self.store.TOTAL_STEPS_TAG, total)
+
+    def timing(self, estimated: float | None = None) -> None:
+        """Tag the estimated seconds (at the start), or the seconds taken and the TIMING event
+        "estimated X, took Y" (at the end)."""
+        from ftmagic.data.estimate import ESTIMATED_TAG, TOOK_TAG, timing_message
+
+        if estimated is not None:
+            self.estimated_seconds = estimated
+            if self.enabled:
+                self.store.set_tag(self.run_id, ESTIMATED_TAG, f"{estimated:.1f}")
+            return
+        took = time.monotonic() - self.started
+        if self.enabled:
+            self.store.set_tag(self.run_id, TOOK_TAG, f"{took:.1f}")
+        self.event("TIMING", timing_message(self.estimated_seconds, took))
 
     def cancel_requested(self, stop_event: threading.Event | None) -> bool:
         """The in-process stop event, or MLflow's cancel tag polled every few seconds."""
@@ -526,9 +543,11 @@ def prepare_data(config: RunConfig, reporter: Reporter) -> PreparedData:
     if config.validate_inputs:
         from ftmagic.data.validate import validate
 
-        report = validate(config)
+        report = validate(config, calibrate=False)
         report.raise_if_failed()
         reporter.event("DATA_VALIDATED", _validation_message(report))
+        if report.estimated_seconds is not None:
+            reporter.timing(report.estimated_seconds)
     tokenizer = load_tokenizer(config.model)
     train_examples = load_examples(config, tokenizer, split="train", entry=entry)
     if not train_examples:
@@ -976,6 +995,7 @@ def save_checkpoint(session: Session) -> None:
 
 
 def log_generations(session: Session) -> None:
+    from ftmagic.data.formats import eval_prompt_inputs
     from ftmagic.train.generation import generate_all
 
     optimizer_state = full_optimizer_state(session.model, session.optimizer, session.ctx)
@@ -985,7 +1005,7 @@ def log_generations(session: Session) -> None:
         rows = generate_all(
             session.inner,
             session.tokenizer,
-            config.eval_prompts,
+            eval_prompt_inputs(config),
             max_new_tokens=config.max_new_tokens,
             chat=config.task_type == "CHAT_COMPLETION",
         )
@@ -1134,6 +1154,7 @@ def run_session(
     result = result_of(session, "COMPLETED")
     result.registered_model = register(session)
     reporter.flush()
+    reporter.timing()
     registered = f", registered as {result.registered_model}" if result.registered_model else ""
     final = (
         f"final loss {session.state.last_loss:.4f}"
