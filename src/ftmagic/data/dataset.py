@@ -1,9 +1,11 @@
 """Read a run's training or eval data and tokenize it for the trainer.
 
-Chat and instruction records are rendered one by one with their loss masks and truncated to the
-effective context length. Continued-pretraining text (a folder of ``.txt`` files, or records with a
-``text`` field) is joined and cut into context-length sequences. The first bad record stops the
-load with its ``DataError``; ``ftmagic.validate`` is where all errors are collected at once.
+Records are first converted to ftmagic's shape (ShareGPT, Alpaca, ``columns:``, ...; see
+``ftmagic.data.formats``). Chat and instruction records are rendered one by one with their loss
+masks and truncated to the effective context length. Continued-pretraining text (a folder of
+``.txt`` files, or records with a ``text`` field) is joined and cut into context-length sequences.
+The first bad record stops the load with its ``DataError``; ``ftmagic.validate`` is where all
+errors are collected at once.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ftmagic.data.formats import Converter
 from ftmagic.data.readers import iter_records, iter_text_files, looks_like_record_source
 from ftmagic.data.render import (
     PRETRAIN,
@@ -60,12 +63,13 @@ def load_examples(
             fix="set train_data_path to a JSONL/Parquet/CSV file, a Delta table or a folder",
         )
     max_length = effective_context_length(config, entry)
+    converter = Converter.of(config)
     if config.task_type == PRETRAIN:
-        return list(chunk_texts(tokenizer, _pretraining_texts(path), max_length))
+        return list(chunk_texts(tokenizer, _pretraining_texts(path, converter), max_length))
     options = ChatOptions.of(config)
     return [
         example
-        for record in iter_records(path)
+        for record in converter.records(iter_records(path))
         for example in render_examples(
             tokenizer,
             record.data,
@@ -78,13 +82,13 @@ def load_examples(
     ]
 
 
-def _pretraining_texts(path: str) -> Iterator[str]:
+def _pretraining_texts(path: str, converter: Converter) -> Iterator[str]:
     """Documents for continued pretraining: ``.txt`` files, or the ``text`` field of records."""
     if not looks_like_record_source(path):
         for _source, text in iter_text_files(path):
             yield text
         return
-    for record in iter_records(path):
+    for record in converter.records(iter_records(path)):
         value = record.data.get("text")
         if not isinstance(value, str):
             raise DataError(

@@ -174,10 +174,10 @@ def _folder_kind(fs: Any, root: str) -> str:
 def _iter_folder(fs: Any, root: str, path: str, errors: list[DataError] | None) -> Iterator[Record]:
     kind = _folder_kind(fs, root)
     if kind == "delta":
-        yield from _iter_delta(path)
+        yield from _iter_delta(path, errors)
         return
     if kind == "datasets":
-        yield from _iter_saved_dataset(path)
+        yield from _iter_saved_dataset(path, errors)
         return
     files = _data_files(fs, root, RECORD_SUFFIXES)
     if not files:
@@ -198,10 +198,16 @@ def _iter_file(fs: Any, file: str, source: str, errors: list[DataError] | None) 
     suffix = _suffix(file)
     if suffix in (".jsonl", ".json"):
         with fs.open(file, "rb", compression="infer") as handle:
-            yield from iter_jsonl(handle, source, errors)
+            head = handle.read(_SNIFF_BYTES)
+            stream = io.BufferedReader(_Prepend(head, handle), buffer_size=1 << 16)  # type: ignore[arg-type]
+            # No JSON Lines file starts with "[": its lines are objects. So this is one array.
+            if head.lstrip(b" \t\r\n").removeprefix(_UTF8_BOM).lstrip().startswith(b"["):
+                yield from iter_json_array(stream, source, errors)
+            else:
+                yield from iter_jsonl(stream, source, errors)
     elif suffix == ".parquet":
         with fs.open(file, "rb") as handle:
-            yield from _iter_parquet(handle, source)
+            yield from _iter_parquet(handle, source, errors)
     elif suffix == ".csv":
         with fs.open(file, "rb", compression="infer") as handle:
             yield from _iter_csv(handle, source, errors)
@@ -353,6 +359,136 @@ def _parse_line(
     return Record(source, number, data)
 
 
+# --- one JSON array (.json) ---------------------------------------------------------------------
+def iter_json_array(
+    handle: IO[bytes],
+    source: str,
+    errors: list[DataError] | None = None,
+    *,
+    chunk_chars: int = 1 << 16,
+    max_element_chars: int = MAX_LINE_BYTES,
+) -> Iterator[Record]:
+    """Stream the objects of a file holding one JSON array (``[{...}, {...}]``, pretty-printed or
+    not), element by element: memory holds one element and one chunk, never the whole file.
+
+    ``Record.line`` is the line each element starts on. A syntax error ends the file with one
+    error (the reader cannot tell where the next element starts).
+    """
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig")
+    reader = _ArrayReader(text, chunk_chars, max_element_chars)
+    try:
+        for line, data in reader:
+            if isinstance(data, dict):
+                yield Record(source, line, data)
+                continue
+            _report(
+                DataError(
+                    f"array element is a JSON {_json_type(data)}, not an object",
+                    source=source,
+                    line=line,
+                    value=data,
+                    fix='make each element of the array an object, like {"messages": [...]}',
+                ),
+                errors,
+            )
+    except UnicodeDecodeError as err:
+        _report(
+            DataError(
+                f"is not valid UTF-8 (byte 0x{err.object[err.start]:02x})",
+                source=source,
+                line=reader.line,
+                fix="re-save the file as UTF-8",
+            ),
+            errors,
+        )
+    except _ArrayError as err:
+        _report(DataError(str(err), source=source, line=err.line, fix=err.fix), errors)
+
+
+class _ArrayError(Exception):
+    def __init__(self, message: str, line: int, fix: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.fix = fix
+
+
+class _ArrayReader:
+    """Yields ``(line, value)`` for each element of a JSON array read chunk by chunk."""
+
+    def __init__(self, text: IO[str], chunk_chars: int, max_element_chars: int) -> None:
+        self._text = text
+        self._chunk = chunk_chars
+        self._limit = max_element_chars
+        self._buffer = ""
+        self._pos = 0
+        self._eof = False
+        self.line = 1
+        self._decoder = json.JSONDecoder()
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        if self._skip_space() != "[":
+            raise _ArrayError("is not a JSON array", self.line, "start the file with [")
+        self._consume(1)
+        if self._skip_space() == "]":
+            return
+        while True:
+            self._skip_space()
+            yield self.line, self._element()
+            separator = self._skip_space()
+            if separator == "]":
+                return
+            if separator != ",":
+                found = repr(separator) if separator else "the end of the file"
+                raise _ArrayError(
+                    f"is not a valid JSON array: expected ',' or ']' but found {found}",
+                    self.line,
+                    "check the file is one complete JSON array (was it cut off?)",
+                )
+            self._consume(1)
+
+    def _element(self) -> Any:
+        while True:
+            try:
+                value, end = self._decoder.raw_decode(self._buffer, self._pos)
+            except json.JSONDecodeError as err:
+                if self._eof or len(self._buffer) - self._pos > self._limit:
+                    line = self.line + self._buffer.count("\n", self._pos, err.pos)
+                    raise _ArrayError(
+                        f"is not valid JSON: {err.msg}",
+                        line,
+                        "check the array element that starts on this line (a missing comma or "
+                        "quote, or a file cut off)",
+                    ) from None
+                self._fill(max(self._chunk, len(self._buffer) - self._pos))
+                continue
+            # A number at the end of the buffer may go on in the next chunk.
+            if end == len(self._buffer) and not self._eof:
+                self._fill(self._chunk)
+                continue
+            self._consume(end - self._pos)
+            return value
+
+    def _skip_space(self) -> str:
+        while True:
+            while self._pos < len(self._buffer) and self._buffer[self._pos] in " \t\r\n":
+                self._consume(1)
+            if self._pos < len(self._buffer) or self._eof:
+                return self._buffer[self._pos : self._pos + 1]
+            self._fill(self._chunk)
+
+    def _consume(self, count: int) -> None:
+        self.line += self._buffer.count("\n", self._pos, self._pos + count)
+        self._pos += count
+
+    def _fill(self, size: int) -> None:
+        """Read ``size`` more characters, dropping what was consumed."""
+        data = self._text.read(size)
+        if not data:
+            self._eof = True
+        self._buffer = self._buffer[self._pos :] + data
+        self._pos = 0
+
+
 class _Prepend(io.RawIOBase):
     """A raw stream that replays ``head`` and then reads on from ``handle`` (so we can sniff the
     first bytes of a non-seekable fsspec file)."""
@@ -376,7 +512,9 @@ class _Prepend(io.RawIOBase):
 
 
 # --- Parquet, CSV, Delta, datasets ------------------------------------------------------------
-def _iter_parquet(handle: IO[bytes], source: str) -> Iterator[Record]:
+def _iter_parquet(
+    handle: IO[bytes], source: str, errors: list[DataError] | None = None
+) -> Iterator[Record]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -388,15 +526,21 @@ def _iter_parquet(handle: IO[bytes], source: str) -> Iterator[Record]:
             source=source,
             fix="check that the file is a complete Parquet file (re-export it)",
         ) from None
-    yield from _iter_batches(parquet.iter_batches(batch_size=BATCH_ROWS), source)
+    yield from _iter_batches(parquet.iter_batches(batch_size=BATCH_ROWS), source, errors)
 
 
-def _iter_batches(batches: Any, source: str) -> Iterator[Record]:
+def _iter_batches(
+    batches: Any, source: str, errors: list[DataError] | None = None
+) -> Iterator[Record]:
+    """Rows of Arrow record batches; a messages column stored as JSON text is decoded, as in
+    CSV, so every reader gives the same records."""
     row = 0
     for batch in batches:
         for data in batch.to_pylist():
             row += 1
-            yield Record(source, row, data)
+            decoded = _decode_json_column(Record(source, row, data), errors)
+            if decoded is not None:
+                yield decoded
 
 
 def _iter_csv(handle: IO[bytes], source: str, errors: list[DataError] | None) -> Iterator[Record]:
@@ -436,29 +580,35 @@ def _iter_csv(handle: IO[bytes], source: str, errors: list[DataError] | None) ->
         )
 
 
+JSON_COLUMNS = ("messages", "conversations")
+
+
 def _decode_json_column(record: Record, errors: list[DataError] | None) -> Record | None:
-    """CSV cells are text: a ``messages`` column holds the conversation as JSON."""
-    value = record.data.get("messages")
-    if not isinstance(value, str) or not value.strip():
-        return record
-    try:
-        messages = json.loads(value)
-    except json.JSONDecodeError as err:
-        _report(
-            DataError(
-                f"the messages column is not valid JSON: {err.msg}",
-                source=record.source,
-                line=record.line,
-                field="messages",
-                fix="store the conversation in the messages column as a JSON list",
-            ),
-            errors,
-        )
-        return None
-    return Record(record.source, record.line, {**record.data, "messages": messages})
+    """CSV cells are text, and Parquet exports often store a conversation as text too: a
+    ``messages`` (or ``conversations``) column holding JSON is decoded."""
+    data = record.data
+    for name in JSON_COLUMNS:
+        value = data.get(name)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        try:
+            data = {**data, name: json.loads(value)}
+        except json.JSONDecodeError as err:
+            _report(
+                DataError(
+                    f"the {name} column is not valid JSON: {err.msg}",
+                    source=record.source,
+                    line=record.line,
+                    field=name,
+                    fix=f"store the conversation in the {name} column as a JSON list",
+                ),
+                errors,
+            )
+            return None
+    return record if data is record.data else Record(record.source, record.line, data)
 
 
-def _iter_delta(path: str) -> Iterator[Record]:
+def _iter_delta(path: str, errors: list[DataError] | None = None) -> Iterator[Record]:
     import deltalake
 
     try:
@@ -470,10 +620,10 @@ def _iter_delta(path: str) -> Iterator[Record]:
             fix="check that the folder is a complete Delta table (its _delta_log must hold the "
             "commit files)",
         ) from None
-    yield from _iter_batches(dataset.to_batches(batch_size=BATCH_ROWS), path)
+    yield from _iter_batches(dataset.to_batches(batch_size=BATCH_ROWS), path, errors)
 
 
-def _iter_saved_dataset(path: str) -> Iterator[Record]:
+def _iter_saved_dataset(path: str, errors: list[DataError] | None = None) -> Iterator[Record]:
     import datasets
 
     try:
@@ -493,7 +643,7 @@ def _iter_saved_dataset(path: str) -> Iterator[Record]:
                 fix="point at one split's folder, or save the training split as 'train'",
             )
         loaded = loaded["train"]
-    yield from _iter_batches(loaded.with_format("arrow").iter(batch_size=BATCH_ROWS), path)
+    yield from _iter_batches(loaded.with_format("arrow").iter(batch_size=BATCH_ROWS), path, errors)
 
 
 # --- helpers ------------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ tokenizing it and the memory of one batch.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import math
-import re
+import time
 import warnings
 from array import array
 from collections.abc import Iterable, Iterator
@@ -21,6 +22,7 @@ from typing import Any
 
 from ftmagic.config import MAX_TOTAL_TOKENS, DatasetStats, RunConfig
 from ftmagic.data.counting import Counted, TokenCounter
+from ftmagic.data.formats import Converter, first_system_prompt, runs_together
 from ftmagic.data.readers import (
     Record,
     iter_records,
@@ -28,18 +30,24 @@ from ftmagic.data.readers import (
     looks_like_record_source,
 )
 from ftmagic.data.render import ChatOptions
-from ftmagic.data.rules import CHAT, PRETRAIN, chat_notes, check_record, task_mismatch, uses_name
+from ftmagic.data.rules import (
+    CHAT,
+    INSTRUCTION,
+    PRETRAIN,
+    chat_notes,
+    check_record,
+    task_mismatch,
+    uses_name,
+)
 from ftmagic.data.templates import chat_report_notes
 from ftmagic.errors import DataError, FtmagicError, ValidationFailed
 
 BATCH = 512
 MIN_PRETRAIN_TOKENS = 1_500_000
 EPOCH_RANGE = (1.0, 4.0)
-# Rough sustained training throughput in FLOP/s, for the time estimate only. The CPU figure was
-# measured on a 2-core machine with a tiny model (PERF-NOTES); the GPU one assumes ~35% of an
-# H100's bf16 peak. Real speed varies by 10x with model shape, sequence length and hardware.
-CPU_FLOPS = 5e10
-GPU_FLOPS = 3.5e14
+LOW_TRAINED_SHARE = 0.10
+SYSTEM_PROMPT_SHARE = 0.5
+RENDER_SAMPLE = 32
 
 
 @dataclass
@@ -81,6 +89,9 @@ class ErrorLog(list[DataError]):
             super().append(error)
 
 
+_UNSET = object()
+
+
 @dataclass
 class DataTally:
     """What one pass over a data source found."""
@@ -90,6 +101,36 @@ class DataTally:
     trained_tokens: int = 0
     num_truncated: int = 0
     lengths: array = field(default_factory=lambda: array("I"))
+    role_tokens: dict[str, int] = field(default_factory=dict)
+    system_prompt: Any = _UNSET  # the one every example starts with; None when they differ
+    run_together: int = 0
+    run_together_example: tuple[str, str] | None = None
+    sample: list[Record] = field(default_factory=list)
+
+    def add_roles(self, counter: TokenCounter, records: list[Record], task_type: str) -> None:
+        """Tokens of each role's text (before truncation), in one batched tokenizer call."""
+        roles, texts = _role_texts(records, task_type)
+        for role, count in zip(roles, counter.lengths(texts), strict=True):
+            self.role_tokens[role] = self.role_tokens.get(role, 0) + count
+
+    def add_shape(self, record: Record, task_type: str) -> None:
+        """The shared system prompt (chat) and prompts that run into their response."""
+        if len(self.sample) < RENDER_SAMPLE:
+            self.sample.append(record)
+        if task_type == CHAT:
+            system = first_system_prompt(record.data)
+            if self.system_prompt is _UNSET:
+                self.system_prompt = system
+            elif system != self.system_prompt:
+                self.system_prompt = None
+        elif task_type == INSTRUCTION:
+            prompt = record.data.get("prompt")
+            response = record.data.get("response", record.data.get("completion"))
+            ok = isinstance(prompt, str) and isinstance(response, str)
+            if ok and runs_together(str(prompt), str(response)):
+                self.run_together += 1
+                if self.run_together_example is None:
+                    self.run_together_example = (str(prompt)[-24:], str(response)[:24])
 
     def add(self, length: int, trained: int, context_length: int | None) -> None:
         self.num_examples += 1
@@ -124,6 +165,15 @@ class ValidationReport:
     eval_data_path: str | None = None
     eval_num_examples: int = 0
     eval_tokens: int = 0
+    conversions: list[str] = field(default_factory=list)
+    role_tokens: dict[str, int] = field(default_factory=dict)
+    system_prompt: str | None = None
+    estimate_parts: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def trained_share(self) -> float | None:
+        """Trained tokens over all tokens (after truncation); None without counts."""
+        return self.trained_tokens / self.total_tokens if self.total_tokens else None
 
     @property
     def ok(self) -> bool:
@@ -164,6 +214,11 @@ class ValidationReport:
             "eval_data_path": self.eval_data_path,
             "eval_num_examples": self.eval_num_examples,
             "eval_tokens": self.eval_tokens,
+            "conversions": list(self.conversions),
+            "role_tokens": dict(self.role_tokens),
+            "trained_share": self.trained_share,
+            "system_prompt": self.system_prompt,
+            "estimate_parts": dict(self.estimate_parts),
         }
 
     def summary_lines(self) -> list[str]:
@@ -172,10 +227,13 @@ class ValidationReport:
             f"Validation of {self.train_data_path or '<no train_data_path>'} "
             f"({self.task_type}, model {self.model or '<none>'}): {verdict}",
             f"Examples: {self.num_examples:,}   tokens: {self.total_tokens:,} "
-            f"(trained: {self.trained_tokens:,})",
+            f"(trained: {self.trained_tokens:,}{_share_text(self.trained_share)})",
             f"Context length: {_maybe(self.context_length)}   truncated examples: "
             f"{self.num_truncated:,}",
         ]
+        if self.role_tokens:
+            lines.append("Tokens by role: " + _roles_text(self.role_tokens))
+        lines += [f"Converted: {note}" for note in self.conversions]
         if self.eval_data_path:
             lines.append(
                 f"Eval data {self.eval_data_path}: {self.eval_num_examples:,} examples, "
@@ -184,7 +242,7 @@ class ValidationReport:
         if self.estimated_steps is not None:
             lines.append(
                 f"Estimated: {self.estimated_steps:,} optimizer steps, "
-                f"{_duration_text(self.estimated_seconds)} (rough)"
+                f"{_duration_text(self.estimated_seconds)}{_parts_text(self.estimate_parts)}"
             )
         return lines
 
@@ -221,8 +279,16 @@ class ValidationReport:
 
 
 # --- validate -----------------------------------------------------------------------------------
-def validate(config: RunConfig, *, max_errors: int = 20) -> ValidationReport:
-    """Check ``config``'s model and data against the task's rules and size the run."""
+def validate(
+    config: RunConfig, *, max_errors: int = 20, calibrate: bool = True
+) -> ValidationReport:
+    """Check ``config``'s model and data against the task's rules and size the run.
+
+    The time estimate comes from a short measured calibration of the model on this machine's
+    device (cached per model and device); ``calibrate=False`` uses the cache only, and without
+    a cached calibration leaves the time unknown.
+    """
+    started = time.perf_counter()
     errors = ErrorLog(max_errors)
     notes: list[str] = []
     advice: list[str] = []
@@ -242,10 +308,15 @@ def validate(config: RunConfig, *, max_errors: int = 20) -> ValidationReport:
     if counter is not None and counter.problem is not None:
         errors.append(counter.problem)
         counter = None
-    train = scan(config.train_data_path, config.task_type, counter, context_length, errors)
+    converter = Converter.of(config)
+    train = scan(
+        config.train_data_path, config.task_type, counter, context_length, errors, converter
+    )
     held_out = DataTally()
     if config.eval_data_path:
-        held_out = scan(config.eval_data_path, config.task_type, counter, context_length, errors)
+        held_out = scan(
+            config.eval_data_path, config.task_type, counter, context_length, errors, converter
+        )
     report = ValidationReport(
         model=config.model,
         task_type=config.task_type,
@@ -263,10 +334,16 @@ def validate(config: RunConfig, *, max_errors: int = 20) -> ValidationReport:
         eval_data_path=config.eval_data_path,
         eval_num_examples=held_out.num_examples,
         eval_tokens=held_out.total_tokens,
+        conversions=converter.notes,
+        role_tokens=_with_template(train),
+        system_prompt=train.system_prompt if isinstance(train.system_prompt, str) else None,
     )
     if counter is not None and train.num_examples:
-        _size_run(report, config, entry, errors)
+        scanned = time.perf_counter() - started
+        prepare = _prepare_seconds(config, tokenizer, (train, held_out), scanned)
+        _size_run(report, config, errors, (train, held_out), prepare, calibrate)
     _advise(report, config, counter is not None)
+    _advise_on_shape(report, config, train)
     if counter is not None and config.task_type == CHAT:
         report.warnings += chat_report_notes(errors, tokenizer, config.model)
     report.errors = list(errors)
@@ -280,16 +357,19 @@ def scan(
     counter: TokenCounter | None,
     context_length: int | None,
     errors: ErrorLog,
+    converter: Converter | None = None,
 ) -> DataTally:
-    """Read ``path`` once: rule errors into ``errors``, token counts of the good examples."""
+    """Read ``path`` once: rule errors into ``errors``, token counts of the good examples.
+    Records are first converted to ftmagic's shape by ``converter`` (default: detection)."""
     tally = DataTally()
     if not path:
         return tally
+    converter = converter or Converter(task_type)
     try:
         if task_type == PRETRAIN:
-            _scan_texts(path, counter, errors, tally)
+            _scan_texts(path, counter, errors, tally, converter)
         else:
-            _scan_records(path, task_type, counter, context_length, errors, tally)
+            _scan_records(path, task_type, counter, context_length, errors, tally, converter)
     except DataError as err:
         errors.append(err)
     except FtmagicError as err:
@@ -304,16 +384,21 @@ def _scan_records(
     context_length: int | None,
     errors: ErrorLog,
     tally: DataTally,
+    converter: Converter,
 ) -> None:
-    records = _matching_records(iter_records(path, errors), task_type, errors)
+    converted = converter.records(iter_records(path, errors), errors)
+    records = _matching_records(converted, task_type, errors)
     # One batch is tokenized (Rust, GIL released) while the next is read, checked and templated.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftmagic-count") as pool:
         pending: Future[list[Counted | DataError]] | None = None
         for batch in batched(records):
             good = _check_batch(batch, task_type, errors)
+            for record in good:
+                tally.add_shape(record, task_type)
             if counter is None:
                 tally.num_examples += len(good)
                 continue
+            tally.add_roles(counter, good, task_type)
             prepared = counter.prepare(good)
             if pending is not None:
                 _add_counts(pending.result(), tally, context_length, errors)
@@ -359,10 +444,12 @@ def _scan_texts(
     counter: TokenCounter | None,
     errors: ErrorLog,
     tally: DataTally,
+    converter: Converter,
 ) -> None:
     """Continued pretraining: documents are joined and cut into sequences, never truncated."""
     if looks_like_record_source(path):
-        records = _matching_records(iter_records(path, errors), PRETRAIN, errors)
+        converted = converter.records(iter_records(path, errors), errors)
+        records = _matching_records(converted, PRETRAIN, errors)
         documents: Iterator[str] = (
             r.data["text"] for r in records if not _report_all(r, PRETRAIN, errors)
         )
@@ -374,6 +461,7 @@ def _scan_texts(
             continue
         for length in counter.count_texts(batch):
             tally.add(length, length, None)
+        tally.role_tokens["text"] = tally.total_tokens
 
 
 def _report_all(record: Record, task_type: str, errors: ErrorLog) -> bool:
@@ -424,9 +512,17 @@ def _load_model(
         return entry, None
 
 
-def _size_run(report: ValidationReport, config: RunConfig, entry: Any, errors: ErrorLog) -> None:
+def _size_run(
+    report: ValidationReport,
+    config: RunConfig,
+    errors: ErrorLog,
+    tallies: tuple[DataTally, DataTally],
+    prepare_seconds: float,
+    calibrate: bool,
+) -> None:
+    from ftmagic.data.estimate import estimate_run
+
     stats = report.stats()
-    report.estimated_steps = config.total_steps(stats)
     run_tokens = config.total_tokens(stats)
     if run_tokens > MAX_TOTAL_TOKENS:
         errors.append(
@@ -438,9 +534,55 @@ def _size_run(report: ValidationReport, config: RunConfig, entry: Any, errors: E
                 fix="train for fewer epochs or on less data",
             )
         )
-    params = _parse_params(getattr(entry, "params", "?"))
-    if params:
-        report.estimated_seconds = 6 * params * run_tokens / _flops(config)
+    train, held_out = tallies
+    context = report.context_length or max(train.lengths)
+    try:
+        estimate = estimate_run(
+            config,
+            _sequence_lengths(train, config.task_type, context),
+            _sequence_lengths(held_out, config.task_type, context),
+            context,
+            prepare_seconds=prepare_seconds,
+            calibrate=calibrate,
+        )
+    except FtmagicError as err:
+        report.warnings.append(f"No time estimate: {err}")
+        report.estimated_steps = config.total_steps(stats)
+        return
+    report.estimated_steps = estimate.steps
+    report.estimated_seconds = estimate.seconds
+    report.estimate_parts = estimate.parts
+
+
+def _prepare_seconds(
+    config: RunConfig, tokenizer: Any, tallies: tuple[DataTally, DataTally], scanned: float
+) -> float:
+    """What preparing the data costs the trainer: this validation (when it validates), then
+    rendering every example (timed on a sample) or, for continued pretraining, tokenizing."""
+    from ftmagic.data.render import render
+
+    spent = scanned if config.validate_inputs else 0.0
+    if config.task_type == PRETRAIN:
+        return spent + scanned
+    for tally in tallies:
+        if not tally.sample:
+            continue
+        start = time.perf_counter()
+        for record in tally.sample:
+            with contextlib.suppress(DataError):
+                render(tokenizer, record.data, config.task_type)
+        per_example = (time.perf_counter() - start) / len(tally.sample)
+        spent += per_example * tally.num_examples
+    return spent
+
+
+def _sequence_lengths(tally: DataTally, task_type: str, context_length: int) -> list[int]:
+    """The lengths the trainer packs: examples truncated to the context length, or (continued
+    pretraining) all documents joined and cut into context-length sequences."""
+    if task_type != PRETRAIN:
+        return [min(n, context_length) for n in tally.lengths]
+    full, rest = divmod(tally.total_tokens, context_length)
+    return [context_length] * full + ([rest] if rest >= 2 else [])
 
 
 def _advise(report: ValidationReport, config: RunConfig, counted: bool) -> None:
@@ -476,24 +618,59 @@ def _advise(report: ValidationReport, config: RunConfig, counted: bool) -> None:
         report.warnings.append(f"The eval data {report.eval_data_path} has no usable examples.")
 
 
-def _parse_params(text: str) -> float | None:
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMB])\s*", text or "", re.IGNORECASE)
-    if not match:
-        return None
-    return float(match.group(1)) * {"K": 1e3, "M": 1e6, "B": 1e9}[match.group(2).upper()]
+def _advise_on_shape(report: ValidationReport, config: RunConfig, train: DataTally) -> None:
+    """Warnings about what the model will learn from: the trained share, a system prompt that
+    fills the examples, prompts that run into their responses."""
+    share = report.trained_share
+    if share is not None and share < LOW_TRAINED_SHARE and config.task_type != PRETRAIN:
+        report.warnings.append(
+            f"Only {share:.1%} of the tokens are trained ({report.trained_tokens:,} of "
+            f"{report.total_tokens:,}): the rest is context the model reads but is not taught. "
+            "Shorter prompts or longer answers train more per step."
+        )
+    system = train.role_tokens.get("system", 0)
+    total = sum(train.lengths)
+    if isinstance(train.system_prompt, str) and total and system / total > SYSTEM_PROMPT_SHARE:
+        report.warnings.append(
+            f"Every example starts with the same system prompt, and it fills {system / total:.0%} "
+            "of the tokens: each step spends most of its compute re-reading it. Shorten it, or "
+            "pack several questions into one conversation."
+        )
+    if train.run_together and train.run_together_example is not None:
+        before, after = train.run_together_example
+        report.warnings.append(
+            f"{train.run_together:,} prompt(s) run straight into their response with nothing "
+            f"between them (…{before + after}…), so the model cannot tell where the answer "
+            "starts. Set prompt_template, e.g. '{prompt}\\n\\nAnswer: ', or end each prompt "
+            "with a separator."
+        )
 
 
-def _flops(config: RunConfig) -> float:
-    try:
-        import torch
+def _with_template(tally: DataTally) -> dict[str, int]:
+    """Tokens by role, plus the template's: what the roles' own texts leave of the lengths."""
+    roles = dict(tally.role_tokens)
+    if roles and "text" not in roles:
+        roles["template"] = max(0, sum(tally.lengths) - sum(roles.values()))
+    return roles
 
-        gpus = torch.cuda.device_count()
-    except ImportError:
-        gpus = 0
-    if not gpus:
-        return CPU_FLOPS
-    workers = config.num_processes if config.backend in ("torchrun", "ray") else 1
-    return GPU_FLOPS * min(workers, gpus) if config.backend != "ray" else GPU_FLOPS * workers
+
+def _role_texts(records: list[Record], task_type: str) -> tuple[list[str], list[str]]:
+    roles: list[str] = []
+    texts: list[str] = []
+    for record in records:
+        if task_type == CHAT:
+            for message in record.data["messages"]:
+                content = message.get("content")
+                if isinstance(content, str):
+                    roles.append(str(message.get("role")))
+                    texts.append(content)
+        else:
+            answer = record.data.get("response", record.data.get("completion"))
+            for role, text in (("prompt", record.data.get("prompt")), ("response", answer)):
+                if isinstance(text, str):
+                    roles.append(role)
+                    texts.append(text)
+    return roles, texts
 
 
 # --- text and HTML helpers ----------------------------------------------------------------------
@@ -504,13 +681,33 @@ def batched(items: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
         yield batch
 
 
+def _share_text(share: float | None) -> str:
+    return "" if share is None else f", {share:.1%}"
+
+
+def _roles_text(role_tokens: dict[str, int]) -> str:
+    total = sum(role_tokens.values()) or 1
+    return ", ".join(
+        f"{role} {count:,} ({count / total:.0%})" for role, count in role_tokens.items()
+    )
+
+
+def _parts_text(parts: dict[str, float]) -> str:
+    shown = [
+        f"{name} {_duration_text(seconds).removeprefix('about ')}"
+        for name, seconds in parts.items()
+        if seconds >= 0.5
+    ]
+    return f" ({', '.join(shown)})" if shown else ""
+
+
 def _maybe(value: int | None) -> str:
     return "unknown" if value is None else f"{value:,}"
 
 
 def _duration_text(seconds: float | None) -> str:
     if seconds is None:
-        return "time unknown (model size unknown)"
+        return "time unknown (not calibrated on this device)"
     if seconds < 90:
         return f"about {max(1, round(seconds))} s"
     if seconds < 5400:

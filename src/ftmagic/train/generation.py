@@ -88,13 +88,27 @@ def generate(
 
 
 def generate_all(
-    model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, chat: bool | None
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str | Messages],
+    *,
+    max_new_tokens: int,
+    chat: bool | None,
 ) -> list[dict[str, str]]:
-    """One ``{"prompt", "response"}`` row per eval prompt (the store's generations table)."""
+    """One ``{"prompt", "response"}`` row per eval prompt (the store's generations table); a
+    message list is shown by its last user message."""
     return [
         {
-            "prompt": p,
+            "prompt": prompt_label(p),
             "response": generate(model, tokenizer, p, max_new_tokens=max_new_tokens, chat=chat),
         }
         for p in prompts
     ]
+
+
+def prompt_label(prompt: str | Messages) -> str:
+    """A prompt as one line of text: a string as it is, messages by the last user message."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [str(m.get("content")) for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else json.dumps(prompt, ensure_ascii=False)

@@ -68,9 +68,11 @@ class ChatBox(widgets.VBox):
         self._show()
 
     def _model_input(self, prompt: str) -> Any:
-        if getattr(self.run.config, "task_type", "CHAT_COMPLETION") == "CHAT_COMPLETION":
-            return list(self.messages)
-        return prompt
+        # The same rule as the eval prompts: the training data's shared system prompt, or the
+        # instruction template, so the model is asked the way it was trained.
+        from ftmagic.data.formats import model_input
+
+        return model_input(prompt, self.run.config, history=self.messages[:-1])
 
     def _show(self) -> None:
         self.history.value = "".join(
