@@ -4,11 +4,19 @@ responsive while the live view reads progress from MLflow.
 The one piece of module state is ``_JOBS``, a registry of this process's training threads keyed by
 run id: it is how ``cancel`` finds the ``threading.Event`` of a run started here. Entries are
 removed when their thread ends, so it only ever holds the runs training right now.
+
+A run dies with its kernel. So that nobody watches a dead run for the heartbeat timeout, each run
+is tagged with the process that owns it (``ftmagic.owner``: ``inkernel <host> <pid>``), and an
+exit hook marks the runs still training FAILED ("kernel stopped") when the kernel shuts down or
+restarts.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import socket
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,10 +41,23 @@ class Job:
 
 _JOBS: dict[str, Job] = {}
 _JOBS_LOCK = threading.Lock()
+_EXIT_HOOK: list[bool] = []  # one entry once the exit hook is registered
+
+OWNER_TAG = "ftmagic.owner"
+KERNEL_STOPPED = "kernel stopped"
+
+
+def owner() -> str:
+    """This process, as the owner tag names it."""
+    return f"inkernel {socket.gethostname()} {os.getpid()}"
 
 
 def submit(config: RunConfig, run_id: str, *, resume: bool = False) -> None:
     """Start training ``run_id`` in a daemon thread and return at once."""
+    from ftmagic.tracking import store
+
+    _register_exit_hook()
+    store.set_tag(run_id, OWNER_TAG, owner())
     with _JOBS_LOCK:
         job = _JOBS.get(run_id)
         if job is not None and job.thread.is_alive():
@@ -86,3 +107,22 @@ def join(run_id: str, timeout: float | None = None) -> bool:
         return True
     job.thread.join(timeout)
     return not job.thread.is_alive()
+
+
+def _register_exit_hook() -> None:
+    with _JOBS_LOCK:
+        if not _EXIT_HOOK:
+            atexit.register(mark_stopped_kernel)
+            _EXIT_HOOK.append(True)
+
+
+def mark_stopped_kernel() -> None:
+    """Mark every run still training in this process FAILED: the process is exiting, and its
+    daemon threads end with it."""
+    from ftmagic.tracking import store
+
+    for run_id in running():
+        try:
+            store.set_status(run_id, "FAILED", KERNEL_STOPPED)
+        except Exception as err:  # the store may be gone too; the heartbeat timeout remains
+            log.warning("could not mark run %s failed at exit: %s", run_id, err)
