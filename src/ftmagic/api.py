@@ -14,8 +14,10 @@ from ftmagic.config import RunConfig
 
 if TYPE_CHECKING:
     from ftmagic.catalog import ModelList
+    from ftmagic.checkpoint_gallery import Gallery
     from ftmagic.data.preview import Preview
     from ftmagic.data.validate import ValidationReport
+    from ftmagic.serving import Endpoint
     from ftmagic.tracking.run import Checkpoint, Event, Run
 
 ConfigLike = RunConfig | dict[str, Any] | str | Path | None
@@ -105,3 +107,53 @@ def panel(config: ConfigLike = None, /, **kwargs: Any) -> Any:
     from ftmagic.ui.panel import Panel
 
     return Panel(RunConfig.coerce(config, **kwargs) if (config or kwargs) else None)
+
+
+def serve(model_uri: str, *, port: int | None = None, timeout: float = 300.0) -> Endpoint:
+    """Serve ``model_uri`` with ``mlflow models serve`` on 127.0.0.1 in the background; the
+    returned ``Endpoint`` has ``.url``, ``.chat(...)``, ``.logs()``, ``.stop()``."""
+    from ftmagic.serving import serve as impl
+
+    return impl(model_uri, port=port, timeout=timeout)
+
+
+def promote(
+    run: Run | str, step: int, *, register_to: str | None = None, alias: str | None = None
+) -> str:
+    """Register checkpoint ``step`` of ``run`` as a new model version (under ``register_to``,
+    default the run's own) and optionally point ``alias`` (e.g. ``champion``) at it; returns
+    ``models:/name/version``."""
+    from ftmagic.checkpoint_gallery import promote as impl
+
+    return impl(get(run), step, register_to=register_to, alias=alias)
+
+
+def gallery(run: Run | str) -> Gallery:
+    """The checkpoint gallery of ``run``: one row per checkpoint with its eval loss, its
+    ``eval_metric`` and the generations it was scored on; the best one marked."""
+    from ftmagic.checkpoint_gallery import gallery as impl
+
+    return impl(get(run))
+
+
+def rerun(run: Run | str, *, backend: str | None = None) -> Run:
+    """Start a new run with ``run``'s resolved config and seed (on ``backend``, default the
+    original's). Its summary (``run.reproducibility``) says whether the data or the package
+    versions changed since the original; a change seen before the start is also an event."""
+    from ftmagic.reproduce import RERUN_OF_TAG, preflight_changes
+    from ftmagic.runners import backend_module
+    from ftmagic.tracking import store
+
+    original = get(run)
+    config = original.config if backend is None else original.config.replace(backend=backend)
+    changed = preflight_changes(original.run_id, config, uri=original.tracking_uri)
+    run_id = store.create_run(config, backend=config.backend)
+    store.set_tag(run_id, RERUN_OF_TAG, original.run_id)
+    note = "; changed since: " + "; ".join(changed) if changed else ""
+    store.add_event(run_id, "RERUN_OF", f"rerun of {original.name} ({original.run_id}){note}")
+    try:
+        backend_module(config.backend).submit(config, run_id, resume=False)
+    except Exception as err:
+        store.set_status(run_id, "FAILED", f"backend {config.backend} could not start: {err}")
+        raise
+    return get(run_id)

@@ -244,6 +244,16 @@ class RunConfig:
         group="optim",
     )
     max_new_tokens: int = _field(64, "Tokens to generate for each eval prompt.", group="data")
+    eval_metric: str | None = _field(
+        None,
+        "Score every checkpoint on greedy generations for a sample of eval_data_path: "
+        "exact_match, json_list_f1, or (inkernel backend) a Python function "
+        "f(predictions, references) -> float, higher is better. Logged as eval/<name>.",
+        group="data",
+    )
+    eval_metric_samples: int = _field(
+        16, "Eval examples (a seeded sample of eval_data_path) eval_metric scores.", group="data"
+    )
     backend: str = _field(
         "inkernel",
         "Where to train: inkernel (a thread of this kernel), local (a separate process that "
@@ -457,6 +467,8 @@ class RunConfig:
         ):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("seed", self.seed, minimum=0)
+        self.eval_metric = _metric_name(self.eval_metric)
+        _check_int("eval_metric_samples", self.eval_metric_samples, minimum=1)
         _check_int("loss_chunk_tokens", self.loss_chunk_tokens, minimum=0)
         self.learning_rate = _check_float(
             "learning_rate", self.learning_rate, low=0.0, high=100.0, optional=True
@@ -476,6 +488,12 @@ class RunConfig:
                 raise ConfigError(name, "must be true or false", value=getattr(self, name))
         if self.register_to is not None:
             check_register_to(self.register_to)
+
+
+def _metric_name(value: Any) -> str | None:
+    from ftmagic.metrics import metric_name
+
+    return metric_name(value)
 
 
 def check_register_to(name: str) -> None:

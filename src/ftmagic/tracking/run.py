@@ -181,6 +181,14 @@ class Run:
         return self._tags.get(store.REGISTERED_TAG) or None
 
     @property
+    def reproducibility(self) -> str | None:
+        """For a run started by ``ftmagic.rerun``: whether its data, packages, seed and settings
+        match the original's, or what changed; None for other runs."""
+        from ftmagic.reproduce import summary
+
+        return summary(self.run_id, uri=self.tracking_uri)
+
+    @property
     def progress(self) -> dict[str, Any]:
         """``step``, ``total_steps``, ``tokens``, ``elapsed_s``, ``eta_s`` (None when unknown)."""
         latest: dict[str, tuple[int, float]] = self._data["latest"]
@@ -336,6 +344,8 @@ class Run:
             ("run id", self.run_id),
             ("registered model", self.registered_model or "—"),
         ]
+        if self._tags.get("ftmagic.rerun_of"):
+            rows.append(("reproducibility", self.reproducibility or "—"))
         body = "".join(
             f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
             f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>"

@@ -60,6 +60,8 @@ DEFAULT_DB = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 CONFIG_FILE = "config.yaml"
 GENERATIONS_FILE = "eval_generations.json"
+SCORED_FILE = "eval_metric_generations.json"
+SCORED_COLUMNS = ("prompt", "reference", "prediction")
 CHECKPOINTS_DIR = "checkpoints"
 COMPLETE = "COMPLETE"
 
@@ -722,6 +724,25 @@ def read_generations(run_id: str, *, uri: str | None = None) -> list[dict[str, A
     return [dict(zip(table["columns"], row, strict=False)) for row in table["data"]]
 
 
+def log_scored_generations(
+    run_id: str, step: int, rows: list[dict[str, str]], *, uri: str | None = None
+) -> None:
+    """Append the eval_metric's sample at ``step`` (``prompt``, ``reference``, ``prediction``)
+    to the run's table ``eval_metric_generations.json``."""
+    if rows:
+        data: dict[str, list[Any]] = {"step": [int(step)] * len(rows)}
+        data.update({k: [str(r.get(k, "")) for r in rows] for k in SCORED_COLUMNS})
+        client(uri).log_table(run_id, data=data, artifact_file=SCORED_FILE)
+
+
+def read_scored_generations(run_id: str, *, uri: str | None = None) -> list[dict[str, Any]]:
+    """The eval_metric's generations as rows ``{step, prompt, reference, prediction}``."""
+    table = read_json(run_id, SCORED_FILE, uri=uri)
+    if not table:
+        return []
+    return [dict(zip(table["columns"], row, strict=False)) for row in table["data"]]
+
+
 def read_config_text(run_id: str, *, uri: str | None = None) -> str | None:
     """The run's ``config.yaml`` artifact, or None when it is missing."""
     mlflow_client = client(uri)
@@ -730,6 +751,23 @@ def read_config_text(run_id: str, *, uri: str | None = None) -> str | None:
         path = root / CONFIG_FILE
         return path.read_text(encoding="utf-8") if path.exists() else None
     return _remote_text(mlflow_client, run_id, CONFIG_FILE)
+
+
+def log_json(run_id: str, data: dict[str, Any], name: str, *, uri: str | None = None) -> None:
+    """Write ``data`` as the run's JSON artifact ``name`` (replacing an earlier one)."""
+    client(uri).log_dict(run_id, data, name)
+
+
+def read_json(run_id: str, name: str, *, uri: str | None = None) -> dict[str, Any] | None:
+    """The run's JSON artifact ``name``, or None when it is missing."""
+    mlflow_client = client(uri)
+    root = local_artifact_dir(mlflow_client, run_id)
+    if root is not None:
+        path = root / name
+        text = path.read_text(encoding="utf-8") if path.exists() else None
+    else:
+        text = _remote_text(mlflow_client, run_id, name)
+    return None if text is None else dict(json.loads(text))
 
 
 def _remote_text(mlflow_client: MlflowClient, run_id: str, name: str) -> str | None:
@@ -781,6 +819,32 @@ def register_model(
     mlflow_client.set_tag(run_id, REGISTERED_TAG, reference)
     add_event(run_id, "REGISTERED", f"registered {reference}", uri=mlflow_client.tracking_uri)
     return reference
+
+
+def tag_model_version(model_uri: str, tags: dict[str, Any], *, uri: str | None = None) -> None:
+    """Set tags on the model version ``models:/name/version``."""
+    name, version = _model_version(model_uri, uri)
+    mlflow_client = client(uri)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(name, version, key, str(value))
+
+
+def set_model_alias(model_uri: str, alias: str, *, uri: str | None = None) -> None:
+    """Point ``alias`` (e.g. ``champion``) of the model at version ``models:/name/version``."""
+    name, version = _model_version(model_uri, uri)
+    client(uri).set_registered_model_alias(name, alias, version)
+
+
+def run_model_versions(run_id: str, *, uri: str | None = None) -> list[dict[str, Any]]:
+    """The model versions registered from run ``run_id``: ``uri``, ``tags``, ``aliases``."""
+    mlflow_client = client(uri)
+    found = mlflow_client.search_model_versions(f"run_id = '{check_run_id(run_id)}'")
+    versions = []
+    for v in sorted(found, key=lambda v: (v.name, int(v.version))):
+        full = mlflow_client.get_model_version(v.name, v.version)  # search omits the aliases
+        uri_text = f"models:/{v.name}/{v.version}"
+        versions.append({"uri": uri_text, "tags": dict(full.tags), "aliases": list(full.aliases)})
+    return versions
 
 
 def _text_generation_pipeline(model_dir: Path) -> tuple[Any, str | None]:

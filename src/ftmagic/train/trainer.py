@@ -754,6 +754,25 @@ def _model_message(model: Any, config: RunConfig, plan: DataPlan) -> str:
     )
 
 
+def record_reproducibility(session: Session) -> None:
+    """Log the resolved config, the data's fingerprint, package versions and the seed, so that
+    ``ftmagic.rerun`` can start an identical run and say what changed since."""
+    from ftmagic.reproduce import record
+
+    if not session.ctx.is_main:
+        return
+    config, plan = session.config, session.plan
+    resolved = {
+        "learning_rate": config.effective_learning_rate(),
+        "warmup_steps": session.warmup_steps,
+        "total_steps": session.total_steps,
+        "pack_length": plan.pack_length,
+        "micro_batches_per_step": config.micro_batches_per_step(),
+        "plan_fingerprint": plan.fingerprint,
+    }
+    record(session.run_id, config, resolved)
+
+
 def restore_training_state(session: Session, folder: Path) -> None:
     """Optimizer, schedule, RNG and data position from checkpoint ``folder``."""
     state = read_state(folder)
@@ -977,6 +996,8 @@ def save_checkpoint(session: Session) -> None:
     # A sharded model's forward is a collective: every rank generates, rank 0 logs.
     if session.config.eval_prompts and (session.ctx.is_main or is_sharded(session.inner)):
         log_generations(session)
+    if session.config.eval_metric:
+        score_checkpoint(session)
     model_state = full_state_dict(session.model, session.ctx)
     if session.ctx.is_main:
         contents = CheckpointContents(
@@ -1011,6 +1032,26 @@ def log_generations(session: Session) -> None:
         )
     if session.ctx.is_main:
         session.reporter.store.log_generations(session.run_id, session.state.step, rows)
+
+
+def score_checkpoint(session: Session) -> None:
+    """The run's eval_metric on greedy generations for a sample of the eval data. Every rank
+    generates (a sharded model's forward is a collective); rank 0 logs. A metric that raises is
+    reported as an event and the run goes on."""
+    from ftmagic.metrics import score
+
+    step = session.state.step
+    try:
+        with autocast(session):
+            result = score(session.inner, session.tokenizer, session.config)
+    except Exception as err:  # the user's own function: keep training, say what went wrong
+        log.exception("eval_metric failed at step %s", step)
+        message = f"eval_metric {session.config.eval_metric} failed: {type(err).__name__}: {err}"
+        session.reporter.event("EVAL_METRIC_FAILED", message, step=step)
+        return
+    if result is not None and session.ctx.is_main:
+        session.reporter.metrics(step, {result.key: result.value})
+        session.reporter.store.log_scored_generations(session.run_id, step, result.rows)
 
 
 def commit_checkpoint(session: Session, contents: CheckpointContents) -> None:
@@ -1120,6 +1161,7 @@ def train(
         resume_from = find_resume_checkpoint(run_id, ctx) if resume else None
         data = prepare_data(config, reporter)
         session = setup(config, run_id, ctx, reporter, data, resume_from)
+        record_reproducibility(session)
         return run_session(session, stop_event, progress)
     except FtmagicError as err:
         return fail(run_id, reporter, session, str(err))

@@ -152,6 +152,31 @@ def serve(magics: Any, argv: builtins.list[str]) -> Any:
     return box
 
 
+def gallery(magics: Any, argv: builtins.list[str]) -> Any:
+    """The checkpoint gallery of a run: eval loss, eval_metric and generations per checkpoint."""
+    import ftmagic
+
+    parser = _parser("gallery")
+    parser.add_argument("run", nargs="?", default=None)
+    return ftmagic.gallery(resolve_run(magics, parser.parse_args(argv).run))
+
+
+def promote(magics: Any, argv: builtins.list[str]) -> None:
+    """Register a checkpoint of a run as a model version, optionally moving an alias to it."""
+    import ftmagic
+
+    parser = _parser("promote")
+    parser.add_argument("run")
+    parser.add_argument("step", type=int)
+    parser.add_argument("--alias", default=None)
+    parser.add_argument("--register-to", default=None)
+    args = parser.parse_args(argv)
+    run = resolve_run(magics, args.run)
+    ref = ftmagic.promote(run, args.step, register_to=args.register_to, alias=args.alias)
+    alias = f" (alias {args.alias})" if args.alias else ""
+    print(f"checkpoint {args.step} of run {run.name} is {ref}{alias}")
+
+
 COMMANDS = MappingProxyType(
     {
         "runs": runs,
@@ -161,5 +186,7 @@ COMMANDS = MappingProxyType(
         "panel": panel,
         "chat": chat,
         "serve": serve,
+        "gallery": gallery,
+        "promote": promote,
     }
 )
