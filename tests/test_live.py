@@ -180,3 +180,30 @@ def test_final_outputs_are_a_summary_card_and_the_curves() -> None:
     assert "mlflow models serve -m models:/main.ner/3 --host 127.0.0.1" in html_card
     assert text.startswith("run tiny-chat-ner: COMPLETED") and "best eval loss   2.6000" in text
     assert base64.b64decode(curves["image/png"]).startswith(PNG)
+
+
+def test_setup_stages_show_before_the_first_step_and_one_point_is_drawn() -> None:
+    run = RecordedRun(progress={"step": 0}, events=[Event("RUNNING", 0.0, "run is running")])
+    view = LiveView(run, start=False)
+    view.update()
+    assert "validating the data…" in view.progress_text.value
+    assert "step 0" not in view.progress_text.value
+    run.events.append(Event("DATA_VALIDATED", 1.0, "ok"))
+    view.update()
+    assert "loading the model…" in view.progress_text.value
+    run.progress, run.series = {"step": 1, "total_steps": 8}, {"train/loss": [(1, 7.6)]}
+    view.update()
+    assert "step 1 of 8" in view.progress_text.value and "…" not in view.progress_text.value
+    one_point = bytes(view.plot.value)
+    run.series = {}
+    view.update()
+    assert len(one_point) > len(bytes(view.plot.value)) + 100  # the point is drawn
+
+
+def test_y_limits_keep_a_tiny_change_flat() -> None:
+    from ftmagic.ui.plot import y_limits
+
+    low, high = y_limits([7.643, 7.639])  # type: ignore[misc]
+    assert high - low >= 0.02 * 7.643 and low < 7.639 and high > 7.643
+    assert y_limits([1.0, 3.0]) == (0.9, 3.1)
+    assert y_limits([float("nan")]) is None

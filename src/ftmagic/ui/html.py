@@ -48,13 +48,38 @@ def status_badge(status: str, reason: str | None = None) -> str:
     return badge
 
 
-def progress_html(progress: dict[str, Any], status: str, reason: str | None = None) -> str:
-    """One line: status, step of total, tokens, elapsed and ETA."""
+SETUP_STAGES = MappingProxyType(
+    {
+        "CREATED": "starting",
+        "PENDING": "starting",
+        "RUNNING": "validating the data",
+        "DATA_VALIDATED": "tokenizing the data and loading the model",
+        "MODEL_INITIALIZED": "packing and running the first step",
+        "TRAIN_STARTED": "running the first step",
+    }
+)
+
+
+def setup_stage(events: Sequence[Any]) -> str | None:
+    """What a run that has not logged a step yet is doing, from its newest known event."""
+    for event in reversed(list(events)):
+        stage = SETUP_STAGES.get(str(getattr(event, "type", "")))
+        if stage is not None:
+            return stage
+    return None
+
+
+def progress_html(
+    progress: dict[str, Any], status: str, reason: str | None = None, stage: str | None = None
+) -> str:
+    """One line: status, step of total (or the setup stage before the first step), tokens,
+    elapsed and ETA."""
     step = progress.get("step") or 0
     total = progress.get("total_steps")
     tokens = progress.get("tokens") or 0
+    setup = stage is not None and not step and status in ("PENDING", "RUNNING")
     parts = [
-        f"step {step} of {total if total else '?'}",
+        f"<i>{html.escape(stage or '')}…</i>" if setup else f"step {step} of {total or '?'}",
         f"{int(tokens):,} tokens",
         f"elapsed {clock(progress.get('elapsed_s'))}",
         f"ETA {clock(progress.get('eta_s')) if status == 'RUNNING' else '—'}",

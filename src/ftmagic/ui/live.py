@@ -151,7 +151,8 @@ class LiveView(widgets.VBox):
             self.progress_bar.value = self.progress_bar.max
         self.progress_bar.bar_style = {"COMPLETED": "success", "FAILED": "danger"}.get(status, "")
         reason = getattr(self.run, "status_reason", None)
-        self.progress_text.value = render.progress_html(progress, status, reason)
+        stage = render.setup_stage(self.run.events)
+        self.progress_text.value = render.progress_html(progress, status, reason, stage)
 
     def _show_plot(self) -> None:
         metrics = self.run.metrics(list(PLOT_METRICS))

@@ -8,6 +8,7 @@ global figure registry and is safe to draw from the polling thread.
 from __future__ import annotations
 
 import io
+import math
 
 Series = list[tuple[int, float]]
 
@@ -23,6 +24,9 @@ def curves_png(metrics: dict[str, Series], *, width: float = 8.0, height: float 
     loss_axes, lr_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
     _line(loss_axes, metrics.get("train/loss", []), "train loss", marker="")
     _line(loss_axes, metrics.get("eval/loss", []), "eval loss", marker="o")
+    limits = y_limits([v for name in ("train/loss", "eval/loss") for _, v in metrics.get(name, [])])
+    if limits is not None:
+        loss_axes.set_ylim(*limits)
     loss_axes.set_title("loss", fontsize=10)
     loss_axes.set_xlabel("step", fontsize=9)
     if loss_axes.lines:
@@ -41,9 +45,30 @@ def curves_png(metrics: dict[str, Series], *, width: float = 8.0, height: float 
     return buffer.getvalue()
 
 
+MIN_SPAN = 0.02  # the y range covers at least 2% of the values' size
+
+
 def _line(axes: object, series: Series, label: str, *, marker: str) -> None:
     if not series:
         return
     steps = [step for step, _ in series]
     values = [value for _, value in series]
+    marker = marker or ("o" if len(series) < 3 else "")  # one point is a dot, not nothing
     axes.plot(steps, values, label=label, marker=marker, linewidth=1.5)  # type: ignore[attr-defined]
+
+
+def y_limits(values: list[float]) -> tuple[float, float] | None:
+    """Limits that do not blow a tiny change up to the full height (7.643 -> 7.639 is flat),
+    ignoring non-finite values; None when there is nothing finite to show.
+
+    >>> y_limits([7.643, 7.639])
+    (7.5569, 7.7251)
+    """
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return None
+    low, high = min(finite), max(finite)
+    floor = MIN_SPAN * max(abs(low), abs(high), 1e-12)
+    span = max(high - low, floor)
+    middle = (low + high) / 2
+    return (round(middle - span * 0.55, 4), round(middle + span * 0.55, 4))
