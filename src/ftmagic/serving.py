@@ -31,6 +31,7 @@ HOST = "127.0.0.1"
 START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 15.0
 LOG_TAIL_CHARS = 3000
+GUARD_POLL_S = 0.5
 
 Messages = list[dict[str, str]]
 
@@ -71,8 +72,6 @@ class Endpoint:
         self.tracking_uri = tracking_uri
         self.url = f"http://{HOST}:{port}"
         self._tokenizer: Any = None
-        self._stopped = False
-        self._log_path = Path(tempfile.mkstemp(prefix="ftmagic-serve-", suffix=".log")[1])
         bin_dir = Path(sys.executable).parent  # the server runs in this environment
         command = [
             str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri,
@@ -83,28 +82,24 @@ class Endpoint:
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             "MLFLOW_TRACKING_URI": tracking_uri,
         }
-        with open(self._log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        atexit.register(self.stop)
+        self.server = Background(command, env=env)
 
     # --- lifecycle -----------------------------------------------------------------------------
     @property
     def pid(self) -> int:
-        """The server's process id, which is also its process group id."""
-        return int(self.process.pid)
+        """The server's process group id."""
+        return self.server.pid
 
     @property
     def running(self) -> bool:
-        return self.process.poll() is None
+        return self.server.running
 
     def wait_until_healthy(self, timeout: float = START_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running:
                 raise RunError(
-                    f"the server for {self.model_uri} exited with code {self.process.returncode}."
+                    f"the server for {self.model_uri} exited with code {self.server.returncode}."
                     f" Its log ends:\n{self.logs()[-LOG_TAIL_CHARS:]}"
                 )
             with (
@@ -121,18 +116,7 @@ class Endpoint:
 
     def stop(self) -> None:
         """Stop the server and every process it started; safe to call twice."""
-        atexit.unregister(self.stop)
-        if self._stopped:
-            return
-        self._stopped = True
-        if self.process.poll() is None:
-            _signal_group(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                _signal_group(self.pid, signal.SIGKILL)
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-        _signal_group(self.pid, signal.SIGKILL)  # workers that outlived their parent
+        self.server.stop()
 
     def __enter__(self) -> Endpoint:
         return self
@@ -147,7 +131,7 @@ class Endpoint:
 
     def logs(self) -> str:
         """Everything the server has written to stdout and stderr so far."""
-        return self._log_path.read_text(encoding="utf-8", errors="replace")
+        return self.server.logs()
 
     # --- requests ------------------------------------------------------------------------------
     def predict(self, inputs: list[str], **params: Any) -> list[str]:
@@ -197,6 +181,93 @@ class Endpoint:
         )
 
 
+class Background:
+    """A command in a process group of its own, under a guard process that ends the group when
+    this interpreter dies, even by SIGKILL. ``stop()`` ends the group, and so does a normal exit
+    of the interpreter (``atexit``). Output goes to a log file (``logs()``)."""
+
+    def __init__(self, command: list[str], *, env: dict[str, str] | None = None) -> None:
+        self.log_path = Path(tempfile.mkstemp(prefix="ftmagic-serve-", suffix=".log")[1])
+        guarded = [sys.executable, "-m", "ftmagic.serving", "--guard", str(os.getpid()), "--"]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [*guarded, *command],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        self._stopped = False
+        atexit.register(self.stop)
+
+    @property
+    def pid(self) -> int:
+        """The guard's process id, which is also the process group id."""
+        return int(self.process.pid)
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> None:
+        """End the whole process group; safe to call twice."""
+        atexit.unregister(self.stop)
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.process.poll() is None:
+            _signal_group(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.pid, signal.SIGKILL)
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+        leftover = group_processes(self.pid)  # workers that outlived their parent
+        if leftover:
+            import psutil
+
+            _signal_group(self.pid, signal.SIGKILL)
+            psutil.wait_procs(leftover, timeout=STOP_TIMEOUT_S)
+
+
+def guard(parent: int, command: list[str]) -> int:
+    """Run ``command`` and return its exit code. A TERM sent to the group is left to the command
+    (this guard waits for it to exit); when ``parent`` is gone (this guard is re-parented) the
+    guard ends the group itself: TERM, then KILL after ``STOP_TIMEOUT_S``."""
+    child = subprocess.Popen(command)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)  # set after the exec: not inherited
+    deadline: float | None = None
+    while child.poll() is None:
+        if deadline is None and os.getppid() != parent:
+            _signal_group(os.getpgrp(), signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+        if deadline is not None and time.monotonic() > deadline:
+            _signal_group(os.getpgrp(), signal.SIGKILL)
+        time.sleep(GUARD_POLL_S)
+    return int(child.returncode)
+
+
+def group_processes(pgid: int) -> list[Any]:
+    """The live (not zombie) processes of process group ``pgid``, as ``psutil.Process``."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
 def _tokenizer_folder(model_uri: str, endpoint: Endpoint) -> Path:
     from ftmagic.tracking import store
 
@@ -211,3 +282,9 @@ def _tokenizer_folder(model_uri: str, endpoint: Endpoint) -> Path:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+if __name__ == "__main__":  # python -m ftmagic.serving --guard PARENT_PID -- COMMAND...
+    if len(sys.argv) < 5 or sys.argv[1] != "--guard" or sys.argv[3] != "--":
+        sys.exit("usage: python -m ftmagic.serving --guard PARENT_PID -- COMMAND...")
+    sys.exit(guard(int(sys.argv[2]), sys.argv[4:]))
