@@ -150,7 +150,8 @@ def test_copy_as_cell_round_trips_through_the_magic(
     assert "seed:" not in text  # only non-default fields
     assert parse_cell(text.split("\n", 1)[1], {}) == panel.config
     panel.copy_button.click()
-    assert ipshell.shell.rl_next_input == text
+    assert ipshell.shell.rl_next_input == text  # no extension here: queued, and said so
+    assert "The cell is queued" in panel.message.value and "lora_rank: 4" in panel.message.value
     out = ipshell.run_cell(text.replace("%%finetune", "%%finetune --dry-run -o copied", 1))
     assert out.error_in_exec is None and ipshell.user_ns["copied"].ok
 
@@ -170,3 +171,70 @@ def test_train_tab_runs_a_tiny_model_to_completion(panel: Panel, ui_env: dict[st
     served = panel.results.model.value
     assert panel.run.registered_model.startswith("models:/main.ui.")
     assert f"mlflow models serve -m {panel.run.registered_model} --host 127.0.0.1" in served
+
+
+def test_a_model_error_shows_next_to_the_model_field(panel: Panel, ui_env: dict[str, Any]) -> None:
+    fill(panel, **fast_fields(ui_env, model="nobody/not-a-cached-model"))
+    report = panel.validate_now()
+    assert report is not None and not report.ok
+    assert "nobody/not-a-cached-model" in panel.form.rows["model"].error.value
+    assert panel.form.rows["train_data_path"].error.value == ""
+
+
+def test_implausible_values_are_warned_about_not_refused(
+    panel: Panel, ui_env: dict[str, Any]
+) -> None:
+    fill(panel, **fast_fields(ui_env, training_duration="50ep"))
+    widget_of(panel, "learning_rate").value = "50"
+    panel.validate_now()
+    lr_note = panel.form.rows["learning_rate"].error.value
+    assert "⚠" in lr_note and "above 1" in lr_note
+    assert "50 epochs is over 20" in panel.form.rows["training_duration"].error.value
+    assert panel.config.learning_rate == 50  # allowed, only warned about
+    widget_of(panel, "learning_rate").value = "1e-3"
+    fill(panel, training_duration="2ep")
+    panel.validate_now()
+    assert panel.form.rows["learning_rate"].error.value == ""
+    assert panel.form.rows["training_duration"].error.value == ""
+
+
+def test_model_picker_lists_tiny_models_first_and_searches(panel: Panel) -> None:
+    picker = widget_of(panel, "model")
+    names = [name for _, name in picker.options]
+    assert names[:4] == ["", "ftmagic/tiny-base", "ftmagic/tiny-chat", "ftmagic/tiny-chatml"]
+    assert names.index("HuggingFaceTB/SmolLM2-135M-Instruct") < names.index(
+        "meta-llama/Llama-3.1-405B"
+    )
+    retired = [n for label, n in picker.options if "retired" in label]
+    assert retired and names[-len(retired) :] == retired  # retired models last
+    picker.value = "ftmagic/tiny-chat"
+    panel.form.model_search.value = "smollm 135m"
+    shown = [n for _, n in picker.options]
+    assert shown == ["ftmagic/tiny-chat", "HuggingFaceTB/SmolLM2-135M-Instruct"]
+    assert picker.value == "ftmagic/tiny-chat"  # the choice survives the search
+    panel.form.model_search.value = ""
+    assert len(picker.options) == len(names)
+
+
+def test_copy_as_cell_goes_through_the_extension_when_it_answers(panel: Panel) -> None:
+    """The kernel side of the JupyterLab extension's cells comm (the extension's side runs in the
+    browser test): after its hello, the cell text goes over the comm, not set_next_input."""
+
+    class Channel:
+        def __init__(self) -> None:
+            self.sent: list[dict[str, Any]] = []
+
+        def send(self, data: dict[str, Any]) -> None:
+            self.sent.append(data)
+
+        def close(self) -> None:
+            pass
+
+    channel = Channel()
+    panel._cells_comm = channel
+    panel.form.rows["train_data_path"].set("train.jsonl")
+    panel.extension_message({"content": {"data": {"hello": True}}})
+    text = panel.copy_as_cell()
+    assert channel.sent == [{"action": "insert_cell", "text": text}]
+    panel.extension_message({"content": {"data": {"inserted": True}}})
+    assert "the %%finetune cell is below the panel" in panel.message.value

@@ -12,6 +12,7 @@ import {
 import { ICommandPalette, Notification } from '@jupyterlab/apputils';
 import { EditorExtensionRegistry, IEditorExtensionRegistry } from '@jupyterlab/codemirror';
 import { ILauncher } from '@jupyterlab/launcher';
+import type { Kernel } from '@jupyterlab/services';
 import { INotebookTracker, NotebookActions, type NotebookPanel } from '@jupyterlab/notebook';
 
 import { finetuneCells, newNotebookCells, panelCellCode } from './cells';
@@ -54,6 +55,31 @@ function insertBelow(panel: NotebookPanel, sources: string[]): void {
       notebook.activeCell?.model.sharedModel.setSource(source);
     }
   }
+}
+
+/** The comm the kernel side (ftmagic.ui.panel) opens to insert cells. */
+export const CELLS_COMM_TARGET = 'ftmagic.cells';
+
+/**
+ * Answer the kernel's cells comm for this notebook: a hello says the extension is here, and
+ * `insert_cell` puts the text in a new cell below the active one (the panel's cell, which the
+ * click made active), then confirms.
+ */
+function listenForCells(panel: NotebookPanel): void {
+  const register = (kernel: Kernel.IKernelConnection | null | undefined) => {
+    kernel?.registerCommTarget(CELLS_COMM_TARGET, comm => {
+      comm.onMsg = msg => {
+        const data = msg.content.data as { action?: string; text?: string };
+        if (data.action === 'insert_cell' && typeof data.text === 'string') {
+          insertBelow(panel, [data.text]);
+          comm.send({ inserted: true });
+        }
+      };
+      comm.send({ hello: true });
+    });
+  };
+  register(panel.sessionContext.session?.kernel);
+  panel.sessionContext.kernelChanged.connect((_, change) => register(change.newValue));
 }
 
 function currentNotebook(tracker: INotebookTracker | null): NotebookPanel | null {
@@ -167,6 +193,10 @@ const runsPlugin: JupyterFrontEndPlugin<void> = {
       icon: runsIcon,
       execute: () => shell.activateById(sidebar.id)
     });
+
+    // The panel's "Copy as cell" asks, over this comm, for a cell below the panel at once.
+    tracker?.widgetAdded.connect((_, panel) => listenForCells(panel));
+    tracker?.forEach(listenForCells);
 
     for (const command of Object.values(CommandIDs)) {
       palette?.addItem({ command, category: CATEGORY });

@@ -8,6 +8,7 @@ means the default) or from the field's fixed choices (Dropdown). The help text i
 from __future__ import annotations
 
 import dataclasses
+import html
 from types import MappingProxyType
 from typing import Any
 
@@ -63,6 +64,10 @@ class FieldRow(widgets.HBox):
 
     def show_error(self, message: str) -> None:
         self.error.value = message_html(message)
+
+    def show_warning(self, message: str) -> None:
+        """A value that is allowed but looks wrong: shown, not blocking."""
+        self.error.value = f"<span style='color:#ef6c00'>⚠ {html.escape(message)}</span>"
 
     def clear_error(self) -> None:
         self.error.value = ""

@@ -25,6 +25,7 @@ MAIN_FIELDS = (
 )
 LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora")
 AFTER_LORA = ("register_to", "backend", "eval_prompts")
+MODEL_WIDTH = "620px"
 
 
 def model_label(entry: Any) -> str:
@@ -42,11 +43,42 @@ def model_label(entry: Any) -> str:
     return " · ".join(parts)
 
 
+UNITS = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+
+
+def parameter_count(text: str) -> float:
+    """``"1.97M"`` -> 1.97e6, ``"8B"`` -> 8e9; unknown sizes sort last."""
+    text = str(text or "").strip().upper()
+    try:
+        return float(text[:-1]) * UNITS[text[-1]]
+    except (KeyError, ValueError, IndexError):
+        return float("inf")
+
+
+def model_order(entry: Any) -> tuple[bool, bool, float, str]:
+    """What fits this machine first: current models before retired ones, the built-in tiny ones
+    (seconds on a CPU) first, then the smallest."""
+    return (bool(entry.retired), entry.kind != "tiny", parameter_count(entry.params), entry.name)
+
+
 def model_options() -> list[tuple[str, str]]:
-    """The catalog as ``(label, name)`` pairs, with an empty choice first."""
+    """The catalog as ``(label, name)`` pairs, the smallest first, with an empty choice first."""
     import ftmagic
 
-    return [("(choose a model)", ""), *[(model_label(e), e.name) for e in ftmagic.get_models()]]
+    entries = sorted(ftmagic.get_models(), key=model_order)
+    return [("(choose a model)", ""), *[(model_label(e), e.name) for e in entries]]
+
+
+def matching_options(
+    options: list[tuple[str, str]], query: str, keep: str
+) -> list[tuple[str, str]]:
+    """The options whose label holds every word of ``query``, plus the one chosen now."""
+    words = query.lower().split()
+    return [
+        (label, name)
+        for label, name in options
+        if name == keep or all(word in label.lower() for word in words)
+    ]
 
 
 class ConfigForm(widgets.VBox):
@@ -59,6 +91,7 @@ class ConfigForm(widgets.VBox):
             for name, field in fields.items()
         }
         self.message = widgets.HTML()
+        self.model_search = self._model_search()
         self.lora_box = widgets.VBox([self.rows[n] for n in LORA_FIELDS])
         advanced = [n for n in fields if n not in (*MAIN_FIELDS, *LORA_FIELDS, *AFTER_LORA)]
         self.advanced = widgets.Accordion(
@@ -115,6 +148,11 @@ class ConfigForm(widgets.VBox):
         else:
             row.show_error(message)
 
+    def show_warning(self, field: str, message: str) -> None:
+        row = self.rows.get(field)
+        if row is not None and not row.error.value:  # an error says more than a warning
+            row.show_warning(message)
+
     def clear_errors(self) -> None:
         self.message.value = ""
         for row in self.rows.values():
@@ -124,6 +162,22 @@ class ConfigForm(widgets.VBox):
         """Call ``callback(change)`` whenever any field's value changes."""
         for row in self.rows.values():
             row.widget.observe(callback, names="value")
+
+    def _model_search(self) -> widgets.Text:
+        """A search box next to the model picker, filtering it as one types."""
+        row = self.rows["model"]
+        row.widget.layout.width = MODEL_WIDTH  # labels with size, context and badges fit
+        every = [tuple(o) for o in row.widget.options]
+        search = widgets.Text(
+            placeholder="search models", continuous_update=True, layout={"width": "180px"}
+        )
+
+        def narrow(change: Any) -> None:
+            row.widget.options = matching_options(every, change["new"], row.widget.value)
+
+        search.observe(narrow, names="value")
+        row.children = (row.widget, search, row.error)
+        return search
 
     def _show_lora(self) -> None:
         lora = self.rows["method"].widget.value == "lora"

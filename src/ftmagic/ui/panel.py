@@ -9,6 +9,7 @@ below. Every button can be clicked from code (``panel.start_button.click()``).
 
 from __future__ import annotations
 
+import html
 import logging
 import threading
 from typing import Any
@@ -26,6 +27,7 @@ from ftmagic.ui.tabs import PreviewTab, ResultsTab
 log = logging.getLogger(__name__)
 
 TAB_TITLES = ("Data", "Preview", "Train", "Results")
+CELLS_COMM_TARGET = "ftmagic.cells"  # answered by ftmagic's JupyterLab extension
 
 
 class Panel(widgets.VBox):
@@ -69,6 +71,8 @@ class Panel(widgets.VBox):
         self._report: tuple[RunConfig, Any] | None = None
         self._preview_key: tuple[Any, ...] | None = None
         self.form.observe_changes(self._schedule_validation)
+        self.extension_ready = False
+        self._cells_comm = self._open_cells_comm()
 
     @property
     def config(self) -> RunConfig:
@@ -81,6 +85,9 @@ class Panel(widgets.VBox):
         with self._lock:
             self._validated_edit = self._edits
             config = self.form.checked_config()
+            if config is not None:
+                for field, warning in implausible_values(config).items():
+                    self.form.show_warning(field, warning)
             if config is None or not (config.model and config.train_data_path):
                 return None
             try:
@@ -124,18 +131,55 @@ class Panel(widgets.VBox):
         return to_cell(self.config)
 
     def copy_as_cell(self) -> str | None:
-        """Put ``to_cell()`` in the next notebook cell (when a shell runs us); returns the text."""
+        """Put ``to_cell()`` in a new cell below the panel; returns the text.
+
+        With ftmagic's JupyterLab extension the cell appears at once. Elsewhere the kernel can
+        only queue it (``set_next_input``): the frontend adds it after the next cell runs, which
+        the message says, with the text to copy by hand.
+        """
         from IPython import get_ipython
 
         config = self.form.checked_config()
         if config is None:
             return None
         text = to_cell(config)
+        if self.extension_ready and self._cells_comm is not None:
+            self._cells_comm.send({"action": "insert_cell", "text": text})
+            self.message.value = "<span style='color:#555'>inserting the cell below…</span>"
+            return text
         shell = get_ipython()
         if shell is not None:
             shell.set_next_input(text, replace=False)
-        self.message.value = "<span style='color:#2e7d32'>the %%finetune cell is below</span>"
+        self.message.value = (
+            "<span style='color:#ef6c00'>The cell is queued: Jupyter adds it after the next cell "
+            "you run (ftmagic's JupyterLab extension, which inserts it at once, is not active "
+            "here). Or copy it:</span>"
+            f"<pre style='margin:2px 0'>{html.escape(text)}</pre>"
+        )
         return text
+
+    def _open_cells_comm(self) -> Any:
+        """A comm to ftmagic's JupyterLab extension, which answers ``hello`` when it is there
+        (outside a kernel, or without the extension, nothing answers)."""
+        try:
+            from comm import create_comm
+
+            channel = create_comm(target_name=CELLS_COMM_TARGET, data={"action": "hello"})
+        except Exception as err:  # no kernel to talk through: Copy as cell falls back
+            log.debug("no cells comm: %s", err)
+            return None
+        channel.on_msg(self.extension_message)
+        return channel
+
+    def extension_message(self, message: dict[str, Any]) -> None:
+        """A message from the extension: it is there (``hello``), or a cell was inserted."""
+        data = message.get("content", {}).get("data", {}) or {}
+        if data.get("hello"):
+            self.extension_ready = True
+        if data.get("inserted"):
+            self.message.value = (
+                "<span style='color:#2e7d32'>the %%finetune cell is below the panel</span>"
+            )
 
     def close(self) -> None:
         """Stop the pending validation and the live view's polling, then close the widgets."""
@@ -143,6 +187,8 @@ class Panel(widgets.VBox):
             self._timer.cancel()
         if self.live is not None:
             self.live.stop()
+        if self._cells_comm is not None:
+            self._cells_comm.close()
         super().close()
 
     def _validate_data(self, config: RunConfig, reread: bool) -> Any:
@@ -190,10 +236,46 @@ class Panel(widgets.VBox):
 
 
 def _errors_by_field(report: Any, config: RunConfig) -> dict[str, list[Any]]:
-    """Data errors grouped under the form field of the file they are in."""
+    """Report errors grouped under the form field they are about: a config field the error names
+    (a model error under ``model``), else the data file it is in."""
     grouped: dict[str, list[Any]] = {}
     for error in report.errors:
-        source = str(error.source or "")
-        in_eval = bool(config.eval_data_path) and source.startswith(str(config.eval_data_path))
-        grouped.setdefault("eval_data_path" if in_eval else "train_data_path", []).append(error)
+        grouped.setdefault(error_field(error, config), []).append(error)
     return grouped
+
+
+def error_field(error: Any, config: RunConfig) -> str:
+    """The form field ``error`` belongs next to."""
+    field = getattr(error, "field", None)
+    if str(getattr(error, "source", "")) == "config" and field in RunConfig.field_names():
+        return str(field)
+    source = str(getattr(error, "source", "") or "")
+    if config.eval_data_path and source.startswith(str(config.eval_data_path)):
+        return "eval_data_path"
+    return "train_data_path"
+
+
+MAX_PLAUSIBLE_LR = 1.0
+MAX_PLAUSIBLE_EPOCHS = 20
+
+
+def implausible_values(config: RunConfig) -> dict[str, str]:
+    """Warnings for values that are allowed but almost surely a slip, by field."""
+    found = {}
+    if config.learning_rate is not None and config.learning_rate > MAX_PLAUSIBLE_LR:
+        found["learning_rate"] = (
+            f"learning rate {config.learning_rate:g} is above {MAX_PLAUSIBLE_LR:g}: training will "
+            "almost surely diverge. Typical: 1e-5 to 1e-3 (LoRA up to about 2e-3)"
+        )
+    duration = str(config.training_duration).strip().lower().replace("_", "")
+    if duration.endswith("ep"):
+        try:
+            epochs = float(duration[:-2])
+        except ValueError:
+            epochs = 0.0
+        if epochs > MAX_PLAUSIBLE_EPOCHS:
+            found["training_duration"] = (
+                f"{epochs:g} epochs is over {MAX_PLAUSIBLE_EPOCHS}: the model will likely memorise "
+                "the data. Typical: 1 to 5 epochs"
+            )
+    return found
