@@ -121,17 +121,31 @@ def test_fallback_to_render_when_batched_counts_disagree() -> None:
     ]
 
 
-def test_steps_and_time_estimate() -> None:
+def test_steps_are_the_trainers_and_time_is_calibrated(tmp_path: Path) -> None:
+    """Steps come from the trainer's packing plan (not full rows); the time from a measured
+    calibration, split by phase (the estimate's accuracy is tested in test_estimate)."""
+    from ftmagic.data.dataset import load_examples
+    from ftmagic.train.trainer import make_plan
+
+    data = tmp_path / "ner.jsonl"
+    with open(NER, encoding="utf-8") as handle:
+        data.write_text("".join(handle.readlines()[:300]), encoding="utf-8")
     config = RunConfig(
         model="ftmagic/tiny-chat",
-        train_data_path=NER,
+        train_data_path=str(data),
         training_duration="2ep",
         tokens_per_batch=1024,
+        micro_batch_tokens=1024,
     )
     report = validate(config)
-    assert report.estimated_steps == config.total_steps(report.stats()) > 0
-    assert report.estimated_steps == 2 * -(-report.total_tokens // 1024)
+    examples = load_examples(config, load_tokenizer(config.model))
+    planned = make_plan(examples, config, report.context_length or 0)
+    assert report.estimated_steps == len(planned.steps) > config.total_steps(report.stats())
     assert report.estimated_seconds is not None and report.estimated_seconds > 0
+    parts = report.estimate_parts
+    assert set(parts) == {"startup", "training", "evaluation", "checkpoints", "registration"}
+    assert sum(parts.values()) == pytest.approx(report.estimated_seconds)
+    assert parts["training"] > 0 and parts["registration"] == 0
     assert report.stats().num_tokens == report.total_tokens
 
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 CALIBRATION_VERSION = 1
 WARMUP_STEPS = 1
-TIMED_STEPS = 3
+TIMED_STEPS = 2
 DECODE_TOKENS = 8
 # Bookkeeping the measurements leave out: MLflow run status, events and tags (sqlite), thread
 # start-up and shutdown; and per checkpoint the commit (artifact metadata, tags).
@@ -95,15 +95,18 @@ class Plan:
     rows_per_micro: int
     width: int
     context_length: int
+    budget: int = 0
 
     @property
     def shape(self) -> tuple[int, int]:
-        """The micro-batch shape to calibrate: the row width rounded up to a power of two (so
-        one calibration serves data of similar lengths), rows filling the micro-batch budget."""
-        width = min(
-            1 << max(6, (self.width - 1).bit_length()), max(self.context_length, self.width)
-        )
-        return max(1, self.rows_per_micro * self.width // width), width
+        """The micro-batch shape to calibrate: the row width and the rows of the plan's fullest
+        micro-batch, each rounded up to a power of two (so one calibration serves data of similar
+        lengths, and a tiny data set is not timed on a batch larger than its whole run), the
+        rows within the micro-batch budget."""
+        width = min(_power_of_two(max(64, self.width)), max(self.context_length, self.width))
+        rows = _power_of_two(max(1, self.rows_per_micro * self.width // width))
+        limit = max(1, (self.budget or rows * width) // width)
+        return min(rows, limit), width
 
 
 def estimate_run(
@@ -174,6 +177,7 @@ def plan_run(
         rows_per_micro=max(1, min(most_rows, budget // width)),
         width=width,
         context_length=context_length,
+        budget=budget,
     )
 
 
@@ -419,6 +423,11 @@ def _read_cache(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _power_of_two(n: int) -> int:
+    """The smallest power of two at least ``n``."""
+    return 1 << max(0, (n - 1).bit_length())
 
 
 def _slug(text: str) -> str:

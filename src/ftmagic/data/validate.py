@@ -534,6 +534,8 @@ def _size_run(
                 fix="train for fewer epochs or on less data",
             )
         )
+        report.estimated_steps = config.total_steps(stats)
+        return  # no plan of a run that will not start
     train, held_out = tallies
     context = report.context_length or max(train.lengths)
     try:
