@@ -253,7 +253,26 @@ def tokenizer_for(name: str) -> Any:
         special["bos_token"] = spec.bos
     tokenizer.add_special_tokens(special)
     tokenizer.chat_template = template(name)
+    _encode_like_the_family(tokenizer, spec)
     return tokenizer
+
+
+def _encode_like_the_family(tokenizer: Any, spec: Family) -> None:
+    """Plain encoding adds the family's BOS when its template starts with one (Llama, Gemma,
+    Mistral, OLMo 2, DeepSeek, Command R), and nothing otherwise (Qwen, Phi-4, SmolLM3, Granite),
+    as the real tokenizers do; the serving pipeline encodes prompts that way."""
+    from tokenizers import processors
+
+    backend = tokenizer.backend_tokenizer
+    if spec.bos and "bos_token" in template(spec.name):
+        bos_id = tokenizer.convert_tokens_to_ids(spec.bos)
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{spec.bos} $A",
+            pair=f"{spec.bos} $A {spec.bos} $B",
+            special_tokens=[(spec.bos, bos_id)],
+        )
+    else:
+        backend.post_processor = processors.ByteLevel(trim_offsets=False)
 
 
 def build_model(name: str, tokenizer: Any, *, width: int = 64, seed: int = 0) -> Any:

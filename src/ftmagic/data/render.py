@@ -319,9 +319,9 @@ def prepare_messages(
 
 def _parsed_arguments(call: Any) -> Any:
     function = call.get("function") if isinstance(call, dict) else None
-    arguments = function.get("arguments") if isinstance(function, dict) else None
-    if not isinstance(arguments, str):
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
         return call
+    arguments = function["arguments"]
     try:
         parsed = json.loads(arguments)
     except ValueError:
