@@ -37,8 +37,8 @@ def test_a_notebook_metric_scores_every_checkpoint_and_promote_registers_one(
 
     config = fast_config(
         train_env,
-        training_duration="6ba",
-        checkpoint_interval="2ba",
+        training_duration="3ba",
+        checkpoint_interval="1ba",
         eval_data_path=str(train_env["eval"]),
         eval_metric=metric,
         eval_metric_samples=3,
@@ -47,17 +47,17 @@ def test_a_notebook_metric_scores_every_checkpoint_and_promote_registers_one(
     assert config.eval_metric == "python:metric"
     run = ftmagic.create(config).wait(timeout=400, poll=0.3)
     assert run.status == "COMPLETED", run.status_reason
-    assert [c.step for c in run.checkpoints] == [2, 4, 6]
+    assert [c.step for c in run.checkpoints] == [1, 2, 3]
     assert len(calls) == 3 and all(len(p) == len(r) == 3 for p, r in calls)
     assert calls[0][1] == calls[2][1]  # the same seeded sample at every checkpoint
     history = run.metrics(["eval/metric"])["eval/metric"]
     assert history == [
-        (s, pytest.approx(first_word_match(*c))) for s, c in zip([2, 4, 6], calls, strict=True)
+        (s, pytest.approx(first_word_match(*c))) for s, c in zip([1, 2, 3], calls, strict=True)
     ]
 
     gallery = ftmagic.gallery(run)
     assert gallery.metric_name == "metric"
-    assert [r.step for r in gallery.rows] == [2, 4, 6]
+    assert [r.step for r in gallery.rows] == [1, 2, 3]
     for row, (predictions, references) in zip(gallery.rows, calls, strict=True):
         assert [g["prediction"] for g in row.generations] == predictions
         assert [g["reference"] for g in row.generations] == references
@@ -66,26 +66,24 @@ def test_a_notebook_metric_scores_every_checkpoint_and_promote_registers_one(
     assert gallery.best_step == best.step and "★ best" in gallery._repr_html_()
 
     # Promote the middle checkpoint: a new version whose answers are that checkpoint's.
-    reference = ftmagic.promote(run, 4, register_to="main.gallery.tiny", alias="champion")
+    reference = ftmagic.promote(run, 2, register_to="main.gallery.tiny", alias="champion")
     assert reference == "models:/main.gallery.tiny/1"
     folder = store.download_registered_model("models:/main.gallery.tiny@champion")
     model, tokenizer = load_for_inference(folder)
-    middle = gallery.row(4).generations
+    middle = gallery.row(2).generations
     answers = [generate(model, tokenizer, prompt_of(g["prompt"]), max_new_tokens=8) for g in middle]
     assert answers == [g["prediction"] for g in middle]
-    assert ftmagic.promote(run, 4, register_to="main.gallery.tiny") == reference  # not twice
-    # Moving the alias to the last checkpoint registers it and leaves version 1 in place.
-    assert ftmagic.promote(run, 6, register_to="main.gallery.tiny", alias="champion") == (
-        "models:/main.gallery.tiny/2"
-    )
+    # Promoting it again registers nothing new; an alias given moves to that version.
+    again = ftmagic.promote(run, 2, register_to="main.gallery.tiny", alias="challenger")
+    assert again == reference
     rows = ftmagic.gallery(run).rows
     assert [r.models for r in rows] == [
         [],
-        ["models:/main.gallery.tiny/1"],
-        ["models:/main.gallery.tiny/2 @champion"],
+        ["models:/main.gallery.tiny/1 @challenger @champion"],
+        [],
     ]
-    with pytest.raises(RunError, match="no complete checkpoint at step 5"):
-        ftmagic.promote(run, 5, register_to="main.gallery.tiny")
+    with pytest.raises(RunError, match="no complete checkpoint at step 7"):
+        ftmagic.promote(run, 7, register_to="main.gallery.tiny")
 
 
 def test_built_in_metrics_and_bad_names() -> None:
@@ -97,6 +95,9 @@ def test_built_in_metrics_and_bad_names() -> None:
     assert config.eval_metric == "json_list_f1"
     with pytest.raises(ConfigError, match=r"eval_metric.*exact_match, json_list_f1"):
         ftmagic.RunConfig(eval_metric="bleu")
+    with pytest.raises(ConfigError, match="backend local cannot call") as err:
+        ftmagic.create(model="ftmagic/tiny-chat", eval_metric=first_word_match, backend="local")
+    assert err.value.field == "eval_metric" and "python:first_word_match" in str(err.value)
 
 
 def test_promote_without_a_model_name_says_how(mlflow_store: str) -> None:

@@ -54,7 +54,22 @@ def create(config: ConfigLike = None, /, **kwargs: Any) -> Run:
     """Start a fine-tuning run on ``config.backend`` and return its ``Run`` at once."""
     from ftmagic.runners import launch
 
-    return launch(RunConfig.coerce(config, **kwargs))
+    resolved = RunConfig.coerce(config, **kwargs)
+    _check_metric_backend(resolved)
+    return launch(resolved)
+
+
+def _check_metric_backend(config: RunConfig) -> None:
+    from ftmagic.errors import ConfigError
+
+    metric = config.eval_metric or ""
+    if metric.startswith("python:") and config.backend != "inkernel":
+        raise ConfigError(
+            "eval_metric",
+            f"is a function of this kernel, which backend {config.backend} cannot call",
+            value=metric,
+            suggestion="Fix: use backend inkernel, or a built-in metric (e.g. json_list_f1)",
+        )
 
 
 def get(run: Run | str) -> Run:
