@@ -843,32 +843,6 @@ def run_model_versions(run_id: str, *, uri: str | None = None) -> list[dict[str,
     for v in sorted(found, key=lambda v: (v.name, int(v.version))):
         full = mlflow_client.get_model_version(v.name, v.version)  # search omits the aliases
         uri_text = f"models:/{v.name}/{v.version}"
-        versions.append({"uri": uri_text, "tags": dict(full.tags), "aliases": list(full.aliases)})
-    return versions
-
-
-def tag_model_version(model_uri: str, tags: dict[str, Any], *, uri: str | None = None) -> None:
-    """Set tags on the model version ``models:/name/version``."""
-    name, version = _model_version(model_uri, uri)
-    mlflow_client = client(uri)
-    for key, value in tags.items():
-        mlflow_client.set_model_version_tag(name, version, key, str(value))
-
-
-def set_model_alias(model_uri: str, alias: str, *, uri: str | None = None) -> None:
-    """Point ``alias`` (e.g. ``champion``) of the model at version ``models:/name/version``."""
-    name, version = _model_version(model_uri, uri)
-    client(uri).set_registered_model_alias(name, alias, version)
-
-
-def run_model_versions(run_id: str, *, uri: str | None = None) -> list[dict[str, Any]]:
-    """The model versions registered from run ``run_id``: ``uri``, ``tags``, ``aliases``."""
-    mlflow_client = client(uri)
-    found = mlflow_client.search_model_versions(f"run_id = '{check_run_id(run_id)}'")
-    versions = []
-    for v in sorted(found, key=lambda v: (v.name, int(v.version))):
-        full = mlflow_client.get_model_version(v.name, v.version)  # search omits the aliases
-        uri_text = f"models:/{v.name}/{v.version}"
         versions.append({"uri": uri_text, "tags": dict(full.tags), "aliases": sorted(full.aliases)})
     return versions
 
