@@ -157,7 +157,9 @@ def format_logits(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "_measure":
-        print(json.dumps(measure_step(json.loads(args[1]))))
+        spec = json.loads(args[1])
+        measure = measure_run if spec.get("mode") == "run" else measure_step
+        print(json.dumps(measure(spec)))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,8 +176,144 @@ def main(argv: list[str] | None = None) -> int:
     return estimate_main()
 
 
+# --- the memory estimate --------------------------------------------------------------------------
+
+# (name, vocab, hidden, layers, tokens, method, gradient checkpointing, loss chunk)
+ESTIMATE_CASES: list[tuple[str, int, int, int, int, str, bool, int]] = [
+    ("S full", 32000, 128, 2, 1024, "full", False, 0),
+    ("M full", 32000, 256, 4, 2048, "full", False, 0),
+    ("L full", 32000, 512, 6, 2048, "full", False, 0),
+    ("L full, chunked loss, checkpointing", 32000, 512, 6, 2048, "full", True, 1024),
+    ("L LoRA r16", 32000, 512, 6, 2048, "lora", False, 0),
+]
+
+
+def warm_up_imports(method: str) -> None:
+    """Import and run what a step uses once on a throwaway model, so the modules and kernels
+    it loads lazily are not counted as the step's memory."""
+    from ftmagic.train.trainer import loss_sum
+
+    model = tiny_llama(64, 32, 1)
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear"))
+    loss_sum(model, packed_batch(64, 1, 64), 16).backward()
+    loss_sum(model, packed_batch(64, 1, 64), 0).backward()
+
+
+def measure_run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Peak memory of a steady-state training step (the second), above the process before the
+    model was built: weights, optimizer state, activations, logits and gradients together."""
+    import gc
+
+    import torch
+
+    from ftmagic.train.trainer import loss_sum
+
+    torch.set_num_threads(1)
+    warm_up_imports(spec["method"])
+    baseline = reset_peak()
+    model = tiny_llama(spec["vocab"], spec["hidden"], spec["layers"])
+    model.config.use_cache = False
+    if spec["checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if spec["method"] == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
+        model = get_peft_model(model, lora)
+    model.train()
+    batch = packed_batch(spec["vocab"], 1, spec["tokens"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, foreach=True)
+    for step in range(2):
+        if step == 1:
+            gc.collect()
+            reset_peak()
+        loss_sum(model, batch, spec["chunk"]).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {"peak_bytes": peak_since_reset() - baseline}
+
+
+def estimated_bytes(spec: dict[str, Any]) -> int:
+    from ftmagic.train.memory import MemorySetup, ModelShape, estimate
+
+    hidden = spec["hidden"]
+    shape = ModelShape(
+        hidden=hidden,
+        layers=spec["layers"],
+        heads=max(1, hidden // 32),
+        kv_heads=max(1, hidden // 64),
+        head_dim=32,
+        intermediate=4 * hidden,
+        vocab=spec["vocab"],
+        tied=False,
+    )
+    setup = MemorySetup(
+        method=spec["method"],
+        micro_batch_tokens=spec["tokens"],
+        row_tokens=spec["tokens"],
+        gradient_checkpointing=spec["checkpointing"],
+        loss_chunk_tokens=spec["chunk"],
+    )
+    return estimate(shape, setup).peak
+
+
+def estimate_rows() -> list[dict[str, Any]]:
+    rows = []
+    for name, vocab, hidden, layers, tokens, method, checkpointing, chunk in ESTIMATE_CASES:
+        spec = {
+            "mode": "run",
+            "vocab": vocab,
+            "hidden": hidden,
+            "layers": layers,
+            "tokens": tokens,
+            "method": method,
+            "checkpointing": checkpointing,
+            "chunk": chunk,
+        }
+        measured = run_isolated(spec)["peak_bytes"]
+        guess = estimated_bytes(spec)
+        rows.append({**spec, "name": name, "measured": measured, "estimated": guess})
+        print(f"{name}: estimated {guess / MIB:,.0f} MiB, measured {measured / MIB:,.0f} MiB")
+    return rows
+
+
+def format_estimate(rows: list[dict[str, Any]]) -> str:
+    from ftmagic.train.memory import ModelShape
+
+    lines = [
+        "| model | params | tokens | estimated (MiB) | measured (MiB) | estimate/measured |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        hidden = row["hidden"]
+        shape = ModelShape(
+            hidden,
+            row["layers"],
+            hidden // 32,
+            max(1, hidden // 64),
+            32,
+            4 * hidden,
+            row["vocab"],
+            False,
+        )
+        lines.append(
+            f"| {row['name']} (h{hidden}, {row['layers']} layers, vocab {row['vocab']:,}) "
+            f"| {shape.parameters / 1e6:.1f}M | {row['tokens']:,} "
+            f"| {row['estimated'] / MIB:,.0f} | {row['measured'] / MIB:,.0f} "
+            f"| {row['estimated'] / row['measured']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def estimate_main() -> int:
-    raise SystemExit("the estimate check comes with ftmagic.train.memory")
+    rows = estimate_rows()
+    print(format_estimate(rows))
+    worst = max(abs(row["estimated"] / row["measured"] - 1) for row in rows)
+    return 0 if worst <= 0.25 else 1
 
 
 if __name__ == "__main__":

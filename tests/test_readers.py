@@ -177,3 +177,50 @@ def test_over_long_line_is_skipped_without_holding_it() -> None:
     assert errors[0].line == 2
     assert "longer than 100,000 bytes" in str(errors[0])
     assert peak < 6_000_000  # the line is 20 MB
+
+
+def test_pretty_printed_json_array_is_streamed_element_by_element(tmp_path: Path) -> None:
+    rows = [
+        {"instruction": f"Question {i}?", "input": "", "output": "x" * 200} for i in range(20_000)
+    ]
+    path = tmp_path / "alpaca_data.json"
+    path.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    assert path.stat().st_size > 5_000_000
+    tracemalloc.start()
+    count, last = 0, None
+    for record in iter_records(str(path)):
+        count, last = count + 1, record
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert count == len(rows) and last is not None and last.data == rows[-1]
+    assert last.line == 2 + 5 * (len(rows) - 1)  # each element spans 5 lines after the "["
+    assert peak < 1_500_000  # the file is over 5 MB
+
+
+def test_json_array_with_a_number_split_across_chunks() -> None:
+    from ftmagic.data.readers import iter_json_array
+
+    stream = io.BytesIO(b'[{"a": 1}, {"b": [1, 2, 3]}\n, {"c": 12345678}]')
+    records = list(iter_json_array(stream, "x.json", chunk_chars=3))
+    assert [(r.line, r.data) for r in records] == [
+        (1, {"a": 1}),
+        (1, {"b": [1, 2, 3]}),
+        (2, {"c": 12345678}),
+    ]
+    errors: list[DataError] = []
+    assert list(iter_json_array(io.BytesIO(b'[{"a": 1} {"b": 2}]'), "y.json", errors)) == [
+        Record("y.json", 1, {"a": 1})
+    ]
+    assert "expected ',' or ']'" in errors[0].rule
+
+
+def test_parquet_messages_stored_as_json_text_decode_as_in_csv(tmp_path: Path) -> None:
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    pq.write_table(
+        pa.Table.from_pylist([{"messages": json.dumps(messages)}, {"messages": "[not json"}]),
+        tmp_path / "chats.parquet",
+    )
+    errors: list[DataError] = []
+    records = list(iter_records(str(tmp_path / "chats.parquet"), errors))
+    assert [r.data["messages"] for r in records] == [messages]
+    assert (errors[0].line, errors[0].field) == (2, "messages")

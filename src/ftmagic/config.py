@@ -189,6 +189,12 @@ class RunConfig:
         "(false: register the adapter with its base).",
         group="method",
     )
+    load_in_4bit: bool = _field(
+        False,
+        "QLoRA: hold the base model's linear weights in 4 bits (NF4, bitsandbytes) and train the "
+        "LoRA adapters on them. Needs method lora and a CUDA GPU (pip install 'ftmagic[gpu]').",
+        group="method",
+    )
     seed: int = _field(17, "Random seed for init, data order and dropout.", group="optim")
     tokens_per_batch: int = _field(
         4096, "Real (non-pad) tokens per optimizer step, about.", group="optim"
@@ -470,6 +476,15 @@ class RunConfig:
         self.eval_metric = _metric_name(self.eval_metric)
         _check_int("eval_metric_samples", self.eval_metric_samples, minimum=1)
         _check_int("loss_chunk_tokens", self.loss_chunk_tokens, minimum=0)
+        if not isinstance(self.load_in_4bit, bool):
+            raise ConfigError("load_in_4bit", "must be true or false", value=self.load_in_4bit)
+        if self.load_in_4bit and self.method != "lora":
+            raise ConfigError(
+                "load_in_4bit",
+                "needs method lora (QLoRA trains adapters on the 4-bit base)",
+                value=self.load_in_4bit,
+                suggestion="set method: lora, or load_in_4bit: false",
+            )
         self.learning_rate = _check_float(
             "learning_rate", self.learning_rate, low=0.0, high=100.0, optional=True
         )

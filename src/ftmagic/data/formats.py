@@ -23,6 +23,7 @@ model is asked the way it was trained.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -270,7 +271,7 @@ class Converter:
         return renamed
 
     def _flatten_parts(self, message: Any, index: int) -> Any:
-        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+        if not isinstance(message, dict) or not _is_parts(message.get("content")):
             return message
         texts = []
         for part_index, part in enumerate(message["content"]):
@@ -367,6 +368,15 @@ def _mapping_text(mapping: dict[str, str]) -> str:
     return "{" + ", ".join(f"{name}: {column}" for name, column in mapping.items()) + "}"
 
 
+def _is_parts(content: Any) -> bool:
+    """A content list of typed parts (anything else is left for the rules to report)."""
+    return (
+        isinstance(content, list)
+        and bool(content)
+        and all(isinstance(part, dict) and "type" in part for part in content)
+    )
+
+
 def _is_sharegpt(turns: list[Any]) -> bool:
     first = next((t for t in turns if isinstance(t, dict)), None)
     return first is not None and "from" in first and "value" in first and "role" not in first
@@ -445,12 +455,21 @@ def shared_system_prompt(config: RunConfig) -> str | None:
     if config.task_type != CHAT or not config.train_data_path:
         return None
     columns = tuple(sorted((config.columns or {}).items()))
-    return _shared_system_prompt(config.train_data_path, config.data_format, columns)
+    path = config.train_data_path
+    return _shared_system_prompt(path, _modified(path), config.data_format, columns)
+
+
+def _modified(path: str) -> int | None:
+    """A local file's modification time, so an edited file is read again."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except (OSError, ValueError):
+        return None
 
 
 @lru_cache(maxsize=16)
 def _shared_system_prompt(
-    path: str, data_format: str, columns: tuple[tuple[str, str], ...]
+    path: str, modified: int | None, data_format: str, columns: tuple[tuple[str, str], ...]
 ) -> str | None:
     converter = Converter(CHAT, data_format, dict(columns))
     shared: str | None = None

@@ -169,6 +169,7 @@ class ValidationReport:
     role_tokens: dict[str, int] = field(default_factory=dict)
     system_prompt: str | None = None
     estimate_parts: dict[str, float] = field(default_factory=dict)
+    memory: Any = None  # ftmagic.train.memory.MemoryEstimate: peak memory per device
 
     @property
     def trained_share(self) -> float | None:
@@ -219,6 +220,7 @@ class ValidationReport:
             "trained_share": self.trained_share,
             "system_prompt": self.system_prompt,
             "estimate_parts": dict(self.estimate_parts),
+            "memory": self.memory.to_dict() if self.memory is not None else None,
         }
 
     def summary_lines(self) -> list[str]:
@@ -244,6 +246,8 @@ class ValidationReport:
                 f"Estimated: {self.estimated_steps:,} optimizer steps, "
                 f"{_duration_text(self.estimated_seconds)}{_parts_text(self.estimate_parts)}"
             )
+        if self.memory is not None:
+            lines += self.memory.lines()
         return lines
 
     def __str__(self) -> str:
@@ -538,6 +542,7 @@ def _size_run(
         return  # no plan of a run that will not start
     train, held_out = tallies
     context = report.context_length or max(train.lengths)
+    _estimate_memory(report, config, _sequence_lengths(train, config.task_type, context), context)
     try:
         estimate = estimate_run(
             config,
@@ -554,6 +559,23 @@ def _size_run(
     report.estimated_steps = estimate.steps
     report.estimated_seconds = estimate.seconds
     report.estimate_parts = estimate.parts
+
+
+def _estimate_memory(
+    report: ValidationReport, config: RunConfig, lengths: list[int], context: int
+) -> None:
+    """Peak memory per device from the model's config and the plan's row width."""
+    from ftmagic.train.memory import estimate_for_run
+    from ftmagic.train.trainer import resolve_pack_length
+
+    row = resolve_pack_length(lengths, config, context) or max(lengths, default=context)
+    try:
+        report.memory = estimate_for_run(config, row)
+    except (OSError, ValueError, AttributeError) as err:
+        report.warnings.append(f"No memory estimate for {config.model}: {err}")
+        return
+    if report.memory.fits is False:
+        report.warnings.append(report.memory.summary())
 
 
 def _prepare_seconds(

@@ -613,6 +613,15 @@ def load_weights(config: RunConfig, resume_from: Path | None) -> Any:
 
     if resume_from is not None and config.method == "full":
         return load_model(str(model_folder(resume_from)))
+    if config.load_in_4bit:
+        from ftmagic.train.qlora import load_4bit
+
+        if config.custom_weights_path:
+            raise RunError(
+                "load_in_4bit starts from the base model only. Fix: leave custom_weights_path "
+                "empty, or set load_in_4bit: false"
+            )
+        return load_4bit(config.model, gradient_checkpointing=config.gradient_checkpointing)
     if config.custom_weights_path:
         from ftmagic.tracking import store
         from ftmagic.train.generation import load_for_inference
@@ -699,6 +708,7 @@ def setup(
     checkpoint's states when resuming."""
     import torch
 
+    from ftmagic.train import attention
     from ftmagic.train.distributed import wrap_model
 
     torch.manual_seed(config.seed)
@@ -706,7 +716,16 @@ def setup(
     plan = make_plan(data.train, config, data.context_length)
     eval_config = config.replace(training_duration="1ep", seed=config.seed)
     eval_plan = make_plan(data.eval, eval_config, data.context_length) if data.eval else None
+    attn = attention.resolve(
+        config.attn_implementation, device_type=ctx.device.type, packing=config.packing
+    )
+    attention.check(attn, device_type=ctx.device.type)
+    if config.load_in_4bit:
+        from ftmagic.train import qlora
+
+        qlora.check(device_type=ctx.device.type)
     model = load_weights(config, resume_from)
+    attention.apply(model, attn)
     model.config.use_cache = False
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -714,7 +733,8 @@ def setup(
         model = apply_lora(model, config)
         if resume_from is not None:
             load_adapter(model, resume_from)
-    model.to(ctx.device)
+    if not config.load_in_4bit:  # a 4-bit model is placed on its GPU as it loads
+        model.to(ctx.device)
     model.train()
     reporter.event("MODEL_INITIALIZED", _model_message(model, config, plan))
     wrapped = wrap_model(model, ctx, config)
@@ -775,6 +795,8 @@ def record_reproducibility(session: Session) -> None:
 
 def restore_training_state(session: Session, folder: Path) -> None:
     """Optimizer, schedule, RNG and data position from checkpoint ``folder``."""
+    from ftmagic.train.distributed import load_optimizer_state
+
     state = read_state(folder)
     if state.data_fingerprint != session.plan.fingerprint:
         raise RunError(
@@ -798,8 +820,6 @@ def restore_training_state(session: Session, folder: Path) -> None:
 
 @contextlib.contextmanager
 def autocast(session: Session) -> Iterator[None]:
-    from ftmagic.train.distributed import load_optimizer_state
-
     import torch
 
     if session.autocast_dtype is None:
@@ -999,7 +1019,9 @@ def save_checkpoint(session: Session) -> None:
     if session.config.eval_metric:
         score_checkpoint(session)
     model_state = full_state_dict(session.model, session.ctx)
+    optimizer_state = full_optimizer_state(session.model, session.optimizer, session.ctx)
     if session.ctx.is_main:
+        assert optimizer_state is not None
         contents = CheckpointContents(
             model=session.inner,
             tokenizer=session.tokenizer,
@@ -1019,9 +1041,7 @@ def log_generations(session: Session) -> None:
     from ftmagic.data.formats import eval_prompt_inputs
     from ftmagic.train.generation import generate_all
 
-    optimizer_state = full_optimizer_state(session.model, session.optimizer, session.ctx)
     config = session.config
-        assert optimizer_state is not None
     with autocast(session):
         rows = generate_all(
             session.inner,
