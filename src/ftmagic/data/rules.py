@@ -140,7 +140,12 @@ def _check_message(message: dict[str, Any], where: str, error: Any) -> list[Data
         )
     elif role not in ROLES:
         found.append(
-            error("unknown role", f"{where}.role", role, fix="use system, user, assistant or tool")
+            error(
+                "unknown role",
+                f"{where}.role",
+                role,
+                fix="use system, user or assistant (or tool for a tool's result)",
+            )
         )
     content = message.get("content")
     calls = message.get("tool_calls")
