@@ -727,6 +727,8 @@ def setup(
     model = load_weights(config, resume_from)
     attention.apply(model, attn)
     model.config.use_cache = False
+    if config.task_type == "CHAT_COMPLETION":
+        fix_stop_tokens(model, data.tokenizer, reporter)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.method == "lora":
@@ -762,6 +764,16 @@ def setup(
     if resume_from is not None:
         restore_training_state(session, resume_from)
     return session
+
+
+def fix_stop_tokens(model: Any, tokenizer: Any, reporter: Reporter) -> None:
+    """Generation must stop on the token the chat template ends assistant turns with; when the
+    model's generation config (saved with every checkpoint) lacks it, it is added."""
+    from ftmagic.data.templates import add_stop_token
+
+    message = add_stop_token(model, tokenizer)
+    if message:
+        reporter.event("GENERATION_CONFIG", message)
 
 
 def _model_message(model: Any, config: RunConfig, plan: DataPlan) -> str:
