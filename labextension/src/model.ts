@@ -18,6 +18,7 @@ export interface IRunSummary {
   step: number;
   totalSteps: number | null;
   etaSeconds: number | null;
+  elapsedSeconds: number | null;
   /** Start time in milliseconds since the epoch (NaN when unknown). */
   created: number;
   /** `[step, loss]` points in step order. */
@@ -88,6 +89,7 @@ export function parseRun(value: unknown): IRunSummary | null {
     step: asNumber(progress.step) ?? 0,
     totalSteps: total !== null && total > 0 ? total : null,
     etaSeconds: asNumber(progress.eta_s),
+    elapsedSeconds: asNumber(progress.elapsed_s),
     created: parseTime(data.created),
     loss: parseSeries(data.loss)
   };
@@ -124,6 +126,31 @@ export function refreshInterval(runs: IRunSummary[]): number {
 /** `"12/40"`, or `"12"` when the total is not known yet. */
 export function progressText(run: IRunSummary): string {
   return run.totalSteps === null ? `${run.step}` : `${run.step}/${run.totalSteps}`;
+}
+
+/** `75` -> `"1:15"`, `3725` -> `"1:02:05"`. */
+export function clock(seconds: number): string {
+  const total = Math.max(0, Math.round(seconds));
+  const hours = Math.floor(total / 3600);
+  const minutes = Math.floor((total % 3600) / 60);
+  const secs = String(total % 60).padStart(2, '0');
+  return hours ? `${hours}:${String(minutes).padStart(2, '0')}:${secs}` : `${minutes}:${secs}`;
+}
+
+/** `"loss 2.3457 · 1:05 elapsed · ETA 0:40"`: what is known of the latest loss and the times. */
+export function statsText(run: IRunSummary): string {
+  const parts: string[] = [];
+  const last = run.loss[run.loss.length - 1];
+  if (last) {
+    parts.push(`loss ${last[1].toFixed(4)}`);
+  }
+  if (run.elapsedSeconds !== null) {
+    parts.push(`${clock(run.elapsedSeconds)} elapsed`);
+  }
+  if (isLive(run.status) && run.etaSeconds !== null) {
+    parts.push(`ETA ${clock(run.etaSeconds)}`);
+  }
+  return parts.join(' · ');
 }
 
 /** Progress in [0, 1], or null when the total is not known. */

@@ -19,6 +19,7 @@ import {
   mlflowRunUrl,
   progressFraction,
   progressText,
+  statsText,
   refreshInterval,
   sparklinePath
 } from './model';
@@ -143,6 +144,7 @@ function RunItem(props: IRunItemProps): JSX.Element {
           {progressText(run)}
         </span>
       </div>
+      <div className="jp-ftmagic-run-stats">{statsText(run)}</div>
       {fraction !== null ? (
         <div className="jp-ftmagic-progressbar">
           <div style={{ width: `${Math.round(fraction * 100)}%` }} />
@@ -198,6 +200,9 @@ function RunsView(props: {
         </div>
       ) : null}
       {poller.error ? <div className="jp-ftmagic-error">{poller.error}</div> : null}
+      {!poller.loaded && !poller.error ? (
+        <div className="jp-ftmagic-loading">Loading runs…</div>
+      ) : null}
       {poller.loaded && runs.length === 0 && !poller.error ? (
         <div className="jp-ftmagic-empty">No runs yet: run a %%finetune cell.</div>
       ) : null}

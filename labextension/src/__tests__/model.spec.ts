@@ -10,7 +10,8 @@ import {
   reattachCode,
   refreshInterval,
   SLOW_REFRESH_MS,
-  sparklinePath
+  sparklinePath,
+  statsText
 } from '../model';
 
 const ID_A = 'a'.repeat(32);
@@ -44,6 +45,7 @@ describe('parseRun', () => {
       step: 3,
       totalSteps: 8,
       etaSeconds: 7.5,
+      elapsedSeconds: 4.5,
       created: 1764324000 * 1000,
       loss: [
         [1, 4.0],
@@ -186,5 +188,15 @@ describe('links and cells', () => {
   });
   it('reattaches with %ft status', () => {
     expect(reattachCode(run)).toBe(`%ft status ${ID_A}`);
+  });
+});
+
+describe('statsText', () => {
+  it('shows the latest loss, the elapsed time and, while live, the ETA', () => {
+    const run = parseRun(rawRun({ progress: { step: 3, elapsed_s: 65, eta_s: 3725 } }))!;
+    expect(statsText(run)).toBe('loss 3.1000 · 1:05 elapsed · ETA 1:02:05');
+    const done = parseRun(rawRun({ status: 'COMPLETED', progress: { elapsed_s: 65 } }))!;
+    expect(statsText(done)).toBe('loss 3.1000 · 1:05 elapsed');
+    expect(statsText(parseRun(rawRun({ loss: [], progress: null }))!)).toBe('');
   });
 });
