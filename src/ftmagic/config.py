@@ -568,7 +568,9 @@ def _check_float(
 def _check_eval_prompts(value: Any) -> None:
     """Strings, or message lists of ``{role, content}`` objects."""
     if not isinstance(value, list):
-        raise ConfigError("eval_prompts", "must be a list of prompts", value=value)
+        raise ConfigError(
+            "eval_prompts", "must be a list of strings (prompts) or of message lists", value=value
+        )
     for prompt in value:
         if isinstance(prompt, str):
             continue
@@ -579,7 +581,7 @@ def _check_eval_prompts(value: Any) -> None:
         if not ok or not prompt:
             raise ConfigError(
                 "eval_prompts",
-                "holds a prompt that is neither a string nor a list of messages",
+                "must be a list of strings (prompts) or of message lists",
                 value=prompt,
                 allowed="'a prompt' or [{role: user, content: 'a prompt'}]",
             )
