@@ -28,7 +28,7 @@ run = fm.create(
     model='ftmagic/tiny-chat',
     train_data_path='dbfs:/Volumes/main/mydirectory/ift/train.jsonl',  # UC Volume with JSONL data
     register_to='main.mydirectory',  # UC catalog and schema to register the model to
-    training_duration='2ba',
+    training_duration='1ba',
     learning_rate='5e-7',
 )
 """
@@ -77,14 +77,14 @@ def test_the_hosted_docs_create_example_runs_unchanged(
 
     run = finished(run)
     assert run.status == "COMPLETED" and run.status is fm.RunStatus.COMPLETED
-    assert run.learning_rate == 5e-7 and run.training_duration == "2ba"
+    assert run.learning_rate == 5e-7 and run.training_duration == "1ba"
     assert run.register_to == "main.mydirectory"
     assert run.registered_model.startswith("models:/main.mydirectory.")
     assert run.completed_at is not None and run.started_at <= run.completed_at
     names = [e.type for e in fm.get_events(run)]
     assert set(names) >= HOSTED_EVENTS, names
     assert names[0] == "CREATED" and names[-1] == "COMPLETED"
-    assert [c.step for c in fm.get_checkpoints(run)] == [2]
+    assert [c.step for c in fm.get_checkpoints(run)] == [1]
     assert [r.name for r in fm.list()] == [run.name]
     assert fm.get(run.name).run_id == run.run_id
 
@@ -95,9 +95,9 @@ def test_the_ner_demo_cell_runs_through_the_shim(mlflow_store: str, tmp_path: Pa
     train_path = write_slice(Path(examples.path("ner", "train")), tmp_path / "train.jsonl", 200)
     namespace: dict[str, object] = {
         "MODEL": "ftmagic/tiny-chat",
-        "DURATION": "3ba",
+        "DURATION": "2ba",
         "LEARNING_RATE": 3e-3,
-        "TOKENS_PER_BATCH": 1024,
+        "TOKENS_PER_BATCH": 512,
         "train_path": str(train_path),
         "eval_path": write_slice(Path(examples.path("ner", "eval")), tmp_path / "e.jsonl", 16),
         "eval_prompts": [examples.load("ner", "test")[0]["messages"][1]["content"]],
@@ -111,7 +111,7 @@ def test_the_ner_demo_cell_runs_through_the_shim(mlflow_store: str, tmp_path: Pa
     assert run.status == "COMPLETED", run.details
     assert run.experiment_path == "ner-tutorial" and run.eval_data_path
     assert run.registered_model.startswith("models:/main.ner.")
-    assert run.ftmagic_run.config.tokens_per_batch == 1024  # an ftmagic field passed through
+    assert run.ftmagic_run.config.tokens_per_batch == 512  # an ftmagic field passed through
     assert run.generations()  # the eval prompt was answered at the checkpoint
     assert fm.get_checkpoints(run)[-1].eval_loss is not None
 

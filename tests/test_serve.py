@@ -87,12 +87,13 @@ def test_run_without_registered_model_says_how_to_get_one(
     assert shown.result is None and "no registered model to serve" in shown.html + shown.text
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_server_that_cannot_start_reports_its_log(mlflow_store: str) -> None:
     import ftmagic
 
     with pytest.raises(RunError, match="exited with code") as err:
-        ftmagic.serve("models:/main.default.missing/1", timeout=90)
+        ftmagic.serve("models:/main.default.missing/1", timeout=600)
     assert "main.default.missing" in str(err.value)
 
 
