@@ -1,8 +1,21 @@
 """GPU check: bf16 training throughput of a ~1B Llama on one GPU, ftmagic's step against TRL's.
 
-    python benchmarks/gpu_check.py                 # both, about 3-5 minutes on an H100/H200
-    python benchmarks/gpu_check.py --skip-trl      # ftmagic's step only
+    python benchmarks/gpu_check.py                 # all, about 5-7 minutes on an H100/H200
+    python benchmarks/gpu_check.py --skip-trl      # ftmagic's steps only
     python benchmarks/gpu_check.py --json out.json # also write the numbers as JSON
+    python benchmarks/gpu_check.py --cpu-smoke     # every code path on a tiny model, on the CPU
+
+ftmagic's step runs in these variants, on rows packed with documents of ``--doc-len`` tokens
+(``position_ids`` restart at each):
+
+- full fine-tuning with FSDP2, SDPA with the row-by-row block-diagonal mask, full logits;
+- full fine-tuning with FSDP2, the variable-length kernel ``attn_implementation: auto`` picks
+  (flash-attention when installed, else flex_attention), chunked loss;
+- LoRA (rank 16, all linear layers) with FSDP2, variable-length kernel, chunked loss;
+- QLoRA (4-bit base through bitsandbytes, one GPU), when bitsandbytes is installed.
+
+``--cpu-smoke`` runs the same variants on a tiny shape in fp32 over a one-process gloo group (no
+TRL, no MFU), so a test proves the script works on machines without a GPU.
 
 The model is Llama-3.2-1B-shaped (hidden 2048, 16 layers, 32 heads, 8 KV heads, MLP 8192,
 vocabulary 128256, tied embeddings), randomly initialised, so nothing is downloaded. Both sides
@@ -74,6 +87,25 @@ class ModelShape:
         return self.hidden // self.heads
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One way of running ftmagic's step."""
+
+    name: str
+    method: str = "full"  # full, lora or qlora
+    varlen: bool = False  # the variable-length kernel instead of SDPA with a mask
+    chunk: int = 0  # loss_chunk_tokens (0: full logits)
+
+
+VARIANTS = (
+    Variant("ftmagic full, FSDP2, SDPA, full logits"),
+    Variant("ftmagic full, FSDP2, varlen, chunked loss", varlen=True, chunk=1024),
+    Variant("ftmagic LoRA, FSDP2, varlen, chunked loss", method="lora", varlen=True, chunk=1024),
+    Variant("ftmagic QLoRA, varlen, chunked loss", method="qlora", varlen=True, chunk=1024),
+)
+SMOKE_SHAPE = ModelShape(hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, vocab=1000)
+
+
 @dataclass
 class BenchResult:
     name: str
@@ -82,6 +114,7 @@ class BenchResult:
     peak_memory_gib: float
     mfu: float | None
     last_loss: float
+    skipped: str = ""
 
 
 def peak_bf16_tflops(device_name: str) -> float | None:
@@ -158,6 +191,9 @@ def format_report(
         "|---|---|---|---|---|---|",
     ]
     for r in results:
+        if r.skipped:
+            lines.append(f"| {r.name} | skipped: {r.skipped} | | | | |")
+            continue
         shown_mfu = "n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%"
         lines.append(
             f"| {r.name} | {r.tokens_per_s:,.0f} | {r.step_time_s:.3f} | {shown_mfu} "
@@ -176,67 +212,140 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def one_process_group() -> Any:
-    """A world-size-1 NCCL process group, so FSDP2 runs as it would on many GPUs."""
+def one_process_group(cuda: bool = True) -> Any:
+    """A world-size-1 process group (NCCL, or gloo on the CPU), so FSDP2 runs as it would on many
+    devices."""
     import torch
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    torch.cuda.set_device(0)
-    dist.init_process_group("nccl", rank=0, world_size=1, device_id=torch.device("cuda", 0))
+    if cuda:
+        torch.cuda.set_device(0)
+        dist.init_process_group("nccl", rank=0, world_size=1, device_id=torch.device("cuda", 0))
+    else:
+        dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         yield
     finally:
         dist.destroy_process_group()
 
 
-def bench_ftmagic(args: argparse.Namespace, shape: ModelShape) -> BenchResult:
+def packed_positions(rows: int, seq_len: int, doc_len: int) -> Any:
+    """``position_ids`` of rows packed with documents of ``doc_len`` tokens."""
+    import torch
+
+    return (torch.arange(seq_len) % doc_len).repeat(rows, 1)
+
+
+def build_model(variant: Variant, shape: ModelShape, device: Any, bf16: bool) -> Any:
+    """The variant's model on ``device``: random init, LoRA or a 4-bit base, its attention."""
     import torch
     from transformers import LlamaForCausalLM
 
     from ftmagic.config import RunConfig
+    from ftmagic.train import attention
     from ftmagic.train.distributed import apply_fsdp2
+    from ftmagic.train.trainer import apply_lora
+
+    name = attention.resolve(
+        "auto" if variant.varlen else "sdpa", device_type=device.type, packing=True
+    )
+    if variant.method == "qlora":
+        model = _random_4bit(shape)
+    else:
+        with torch.device(device):
+            model = LlamaForCausalLM(llama_config(shape))
+    attention.apply(model, name)
+    model.config.use_cache = False
+    if variant.method != "full":
+        model = apply_lora(model, RunConfig(model="gpu-check", method="lora"))
+    if variant.method != "qlora":
+        model = apply_fsdp2(model, bf16=bf16)
+    model.train()
+    return model
+
+
+def _random_4bit(shape: ModelShape) -> Any:
+    """A randomly initialised model saved in bf16 and loaded back with 4-bit linear weights."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from ftmagic.train.qlora import load_4bit
+
+    folder = tempfile.mkdtemp(prefix="gpu-check-4bit-")
+    LlamaForCausalLM(llama_config(shape)).to(torch.bfloat16).save_pretrained(folder)
+    return load_4bit(folder, gradient_checkpointing=False)
+
+
+def bench_ftmagic(
+    args: argparse.Namespace, shape: ModelShape, variant: Variant, device: Any
+) -> BenchResult:
+    import torch
+
+    from ftmagic.config import RunConfig
     from ftmagic.train.trainer import build_optimizer, loss_sum
 
+    cuda = device.type == "cuda"
+    skipped = _skip_reason(variant, cuda)
+    if skipped:
+        return BenchResult(variant.name, 0.0, 0.0, 0.0, None, float("nan"), skipped=skipped)
     torch.manual_seed(args.seed)
-    with one_process_group():
-        with torch.device("cuda"):
-            model = LlamaForCausalLM(llama_config(shape))
-        model = apply_fsdp2(model, bf16=True)
-        model.train()
+    with one_process_group(cuda) if variant.method != "qlora" else contextlib.nullcontext():
+        model = build_model(variant, shape, device, bf16=cuda)
         settings = RunConfig(model="gpu-check", train_data_path="random", learning_rate=1e-5)
-        optimizer = build_optimizer(model, settings, torch.device("cuda"))
-        rows = random_rows(args.rows, args.seq_len, shape.vocab, args.seed).cuda()
-        micro = [rows[i : i + args.micro_rows] for i in range(0, args.rows, args.micro_rows)]
+        optimizer = build_optimizer(model, settings, device)
+        rows = random_rows(args.rows, args.seq_len, shape.vocab, args.seed).to(device)
+        positions = packed_positions(args.rows, args.seq_len, args.doc_len).to(device)
+        micro = [slice(i, i + args.micro_rows) for i in range(0, args.rows, args.micro_rows)]
         tokens = args.rows * (args.seq_len - 1)
+        params = [p for p in model.parameters() if p.requires_grad]
 
         def step() -> float:
-            total = torch.zeros((), device="cuda")
+            total = torch.zeros((), device=device)
             for part in micro:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    summed = loss_sum(model, {"input_ids": part, "labels": part})
+                batch = {
+                    "input_ids": rows[part],
+                    "labels": rows[part],
+                    "position_ids": positions[part],
+                }
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    summed = loss_sum(model, batch, variant.chunk)
                 (summed / tokens).backward()
                 total += summed.detach()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return float(total.item()) / tokens
 
-        return _timed("ftmagic (FSDP2)", step, args, shape)
+        return _timed(variant.name, step, args, shape)
+
+
+def _skip_reason(variant: Variant, cuda: bool) -> str:
+    from ftmagic.train.qlora import bitsandbytes_installed
+
+    if variant.method != "qlora":
+        return ""
+    if not cuda:
+        return "QLoRA needs CUDA"
+    return "" if bitsandbytes_installed() else "bitsandbytes is not installed"
 
 
 def _timed(name: str, step: Any, args: argparse.Namespace, shape: ModelShape) -> BenchResult:
     import torch
 
-    torch.cuda.reset_peak_memory_stats()
+    cuda = torch.cuda.is_available() and not args.cpu_smoke
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     loss = 0.0
     for _ in range(args.warmup):
         loss = step()
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(args.steps):
         loss = step()
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     return _result(name, elapsed, loss, args, shape)
 
@@ -247,12 +356,18 @@ def _result(
     import torch
 
     tokens_per_s = args.steps * args.rows * args.seq_len / elapsed
-    peak = peak_bf16_tflops(torch.cuda.get_device_name(0))
+    if args.cpu_smoke:
+        import resource
+
+        peak, memory = None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    else:
+        peak = peak_bf16_tflops(torch.cuda.get_device_name(0))
+        memory = torch.cuda.max_memory_allocated()
     return BenchResult(
         name=name,
         tokens_per_s=tokens_per_s,
         step_time_s=elapsed / args.steps,
-        peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30,
+        peak_memory_gib=memory / 2**30,
         mfu=mfu(tokens_per_s, flops_per_token(shape, args.seq_len), peak),
         last_loss=loss,
     )
@@ -361,11 +476,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=4096, help="tokens per row (default 4096)")
     parser.add_argument("--rows", type=int, default=8, help="rows per optimizer step (default 8)")
     parser.add_argument("--micro-rows", type=int, default=2, help="rows per forward (default 2)")
+    parser.add_argument(
+        "--doc-len", type=int, default=512, help="tokens per packed document (default 512)"
+    )
     parser.add_argument("--layers", type=int, default=16, help="decoder layers (default 16)")
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--skip-trl", action="store_true", help="measure ftmagic's step only")
+    parser.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="run every variant on a tiny model on the CPU (proves the script, measures nothing)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    if args.cpu_smoke:
+        args.seq_len, args.rows, args.micro_rows, args.doc_len = 64, 2, 1, 16
+        args.steps, args.warmup, args.skip_trl = 1, 1, True
     if args.rows % args.micro_rows:
         parser.error("--rows must be a multiple of --micro-rows")
     return args
@@ -375,6 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
+    if args.cpu_smoke:
+        torch.set_num_threads(1)
+        cpu = [bench_ftmagic(args, SMOKE_SHAPE, v, torch.device("cpu")) for v in VARIANTS]
+        print(format_report(cpu, "CPU (smoke run)", SMOKE_SHAPE, args.rows * args.seq_len))
+        return 0
     if not torch.cuda.is_available():
         print(
             "gpu_check: no CUDA GPU is visible (torch.cuda.is_available() is False). This check "
@@ -384,8 +515,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     shape = ModelShape(layers=args.layers)
     device = torch.cuda.get_device_name(0)
-    results = [bench_ftmagic(args, shape)]
-    torch.cuda.empty_cache()
+    results = []
+    for variant in VARIANTS:
+        results.append(bench_ftmagic(args, shape, variant, torch.device("cuda")))
+        torch.cuda.empty_cache()
     if not args.skip_trl:
         results.append(bench_trl(args, shape))
     print(format_report(results, device, shape, args.rows * args.seq_len))

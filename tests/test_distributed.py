@@ -250,3 +250,25 @@ def test_gpu_check_explains_a_machine_without_cuda(
         timeout=60,
     )
     assert done.returncode == 0 and "--skip-trl" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_gpu_check_cpu_smoke_runs_every_variant() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"),
+            "--cpu-smoke",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ftmagic")]
+    assert len(rows) == 4
+    for row in rows[:3]:
+        loss = float(row.strip("| ").split(" | ")[-1])
+        assert 5.0 < loss < 8.0  # about ln(1000) for a random model: it really trained a step
+    assert "| ftmagic QLoRA, varlen, chunked loss | skipped: QLoRA needs CUDA |" in rows[3]
