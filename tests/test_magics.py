@@ -163,9 +163,14 @@ def test_backend_flag_overrides_config_default(ipshell: TestingShell) -> None:
 def test_ft_runs_lists_the_run(ipshell: TestingShell, finished_run: Any) -> None:
     out = ipshell.run_cell("%ft runs --experiment from-config")
     table = out.result
-    assert [row[0] for row in table.rows] == [finished_run.run_id]
-    assert table.rows[0][2] == "COMPLETED" and table.rows[0][3] == "ftmagic/tiny-chat"
-    assert finished_run.run_id in repr(table) and finished_run.run_id in table._repr_html_()
+    assert table.run_ids == [finished_run.run_id]
+    row = dict(zip(table.columns, table.rows[0], strict=True))
+    assert row["status"] == "COMPLETED" and row["model"] == "ftmagic/tiny-chat"
+    assert row["steps"] == "4/4" and float(row["loss"]) > 0 and row["duration"] != "—"
+    assert row["started"].startswith("20") and row["run_id"] == finished_run.run_id[:8]
+    assert finished_run.name in repr(table) and "duration" in repr(table).splitlines()[0]
+    assert f"title='{finished_run.run_id}'" in table._repr_html_()
+    assert "white-space:nowrap" in table._repr_html_()
 
 
 def test_ft_status_reattaches_a_live_view(ipshell: TestingShell, finished_run: Any) -> None:
@@ -189,12 +194,26 @@ def test_ft_chat_answers_from_the_fine_tuned_model(
     ipshell: TestingShell, finished_run: Any
 ) -> None:
     box = ipshell.run_cell(f"%ft chat {finished_run.run_id} --checkpoint 2").result
-    assert box.checkpoint == 2
+    assert box.checkpoint == 2 and box.picker.value == 2
+    assert [value for _, value in box.picker.options] == [None, 4, 2]  # final, then each step
+    states: list[tuple[bool, bool]] = []
+    box.history.observe(
+        lambda _change: states.append((box.send_button.disabled, "answering" in box.status.value)),
+        names="value",
+    )
     box.text.value = "Aspirin helps."
-    box.send_button.click()
+    box.text._handle_string_msg(None, {"event": "submit"}, [])  # Enter, as the browser sends it
     assert [m["role"] for m in box.messages] == ["user", "assistant"]
     assert isinstance(box.messages[1]["content"], str)
     assert "Aspirin helps." in box.history.value and box.text.value == ""
+    assert states and all(states[i] == (True, True) for i in range(len(states)))  # busy meanwhile
+    assert not box.send_button.disabled and box.status.value == ""
+    model_input = box._model_input("Aspirin helps.")
+    assert "".join(box.stream(model_input)) == finished_run.generate(
+        model_input, checkpoint=2
+    )  # streamed pieces make the same greedy answer
+    box.picker.value = None
+    assert box.checkpoint is None and box.send("Ibuprofen?") is not None
 
 
 def test_cell_returns_at_once_and_ft_cancel_stops_the_run(
@@ -256,3 +275,24 @@ def test_notebook_trains_in_a_real_kernel(ui_env: dict[str, Any]) -> None:
         if m["model_name"] == "IntProgressModel" and m["state"].get("description") == "progress"
     ]
     assert [(b["value"], b["max"]) for b in bars] == [(2, 2)]
+
+
+def completions_at_end(ipshell: TestingShell, text: str) -> list[str]:
+    from IPython.core.completer import provisionalcompleter
+
+    with provisionalcompleter():
+        found = ipshell.shell.Completer.completions(text, len(text))
+        return [c.text for c in found]
+
+
+def test_config_fields_and_values_complete_in_finetune_cells(ipshell: TestingShell) -> None:
+    assert completions_at_end(ipshell, "%%finetune\nmodel: ftmagic/tiny-chat\nlear") == [
+        "learning_rate"
+    ]
+    assert "lora_rank" in completions_at_end(ipshell, "%%finetune --dry-run\nlora_r")
+    backends = completions_at_end(ipshell, "%%finetune\nbackend: lo")
+    assert backends == ["local"]
+    models = completions_at_end(ipshell, "%%finetune\nmodel: ftmagic/tiny-c")
+    assert models[:2] == ["ftmagic/tiny-chat", "ftmagic/tiny-chatml"]
+    assert completions_at_end(ipshell, "%%finetune\npacking: t") == ["true"]
+    assert "learning_rate" not in completions_at_end(ipshell, "lear")  # not outside the magic

@@ -3,29 +3,43 @@
 from __future__ import annotations
 
 import builtins
+import html
 from types import MappingProxyType
 from typing import Any
 
 from IPython.core.magic_arguments import MagicArgumentParser
 
 from ftmagic.errors import RunError
-from ftmagic.ui.html import table_html
 
-RUN_COLUMNS = ("run_id", "name", "status", "model", "task_type", "backend", "registered_model")
+RUN_COLUMNS = ("name", "status", "model", "loss", "steps", "duration", "started", "run_id")
 
 
 class RunTable:
-    """The result of ``%ft runs``: ``rows`` (tuples of ``RUN_COLUMNS``), shown as HTML or text."""
+    """The result of ``%ft runs``: ``rows`` (tuples of ``RUN_COLUMNS``), a compact table as HTML
+    or text (the full run id is in ``run_ids``; the table shows its first 8 characters)."""
 
     def __init__(self, runs: builtins.list[Any]) -> None:
         self.columns = RUN_COLUMNS
         self.rows = [run_row(run) for run in runs]
+        self.run_ids = [str(run.run_id) for run in runs]
 
     def _repr_html_(self) -> str:
-        return table_html(self.columns, self.rows)
+        head = "".join(f"<th {NOWRAP}>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>"
+            + "".join(
+                f"<td {NOWRAP} title='{html.escape(full)}'>{html.escape(_text(v))}</td>"
+                if c in ("name", "run_id")
+                else f"<td {NOWRAP}>{html.escape(_text(v))}</td>"
+                for c, v, full in zip(self.columns, row, _titles(run_id), strict=True)
+            )
+            + "</tr>"
+            for row, run_id in zip(self.rows, self.run_ids, strict=True)
+        )
+        return f"<table style='border-collapse:collapse'><tr>{head}</tr>{body}</table>"
 
     def __repr__(self) -> str:
-        table = [self.columns, *[tuple("" if v is None else str(v) for v in r) for r in self.rows]]
+        table = [self.columns, *[tuple(_text(v) for v in r) for r in self.rows]]
         widths = [max(len(str(row[i])) for row in table) for i in range(len(self.columns))]
         return "\n".join(
             "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
@@ -33,18 +47,38 @@ class RunTable:
         )
 
 
+NOWRAP = "style='text-align:left;white-space:nowrap;padding:1px 8px;border-bottom:1px solid #ddd'"
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _titles(run_id: str) -> builtins.list[str]:
+    """Hover text per cell: the full run id on the name and id cells."""
+    return [run_id if c in ("name", "run_id") else "" for c in RUN_COLUMNS]
+
+
 def run_row(run: Any) -> tuple[Any, ...]:
+    """One compact row: status, model, latest train loss, steps, duration, start."""
+    from ftmagic.ui.html import clock
     from ftmagic.ui.live import status_name
 
-    config = run.config
+    progress = dict(run.progress or {})
+    latest = (getattr(run, "_data", None) or {}).get("latest", {})
+    loss = latest.get("train/loss")
+    total = progress.get("total_steps")
+    steps = f"{progress.get('step') or 0}" + (f"/{total}" if total else "")
+    created = getattr(run, "created", None)
     return (
-        run.run_id,
         run.name,
         status_name(run.status),
-        config.model,
-        config.task_type,
-        config.backend,
-        run.registered_model,
+        run.config.model,
+        None if loss is None else f"{loss[1]:.4f}",
+        steps,
+        clock(progress.get("elapsed_s")),
+        created.strftime("%Y-%m-%d %H:%M") if created else None,
+        str(run.run_id)[:8],
     )
 
 

@@ -64,6 +64,10 @@ class FinetuneMagics(Magics):
         super().__init__(shell, **kwargs)
         self.last_run: Any = None
         self.last_view: Any = None  # the newest live view (%%finetune or %ft status)
+        if shell is not None:
+            from ftmagic.ui import completion
+
+            completion.register(shell)  # config fields and values complete in %%finetune cells
 
     @cell_magic
     @with_config_help
