@@ -198,6 +198,9 @@ FAMILIES: dict[str, Family] = {
                 "norm_topk_prob": True,
             },
             stop=("<|im_end|>", "<|endoftext|>"),
+            # all-linear reaches the fused expert weights, which peft wraps as parameters that
+            # take no LoRA dropout (and the router is not a linear layer): attention only.
+            lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"),
         ),
     )
 }

@@ -141,7 +141,7 @@ def turn_end_id(name: str) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("name", NAMES)
 def test_full_training_learns_to_stop_at_the_end_of_turn(
     name: str, env: Path, model_dirs: ModelDirs
@@ -230,4 +230,4 @@ def test_served_model_answers_as_run_generate(name: str, env: Path) -> None:
 def _runs(experiment: str) -> list[Any]:
     from ftmagic.tracking.run import list_runs
 
-    return [get_run(r.id) for r in list_runs(experiment_path=experiment)]
+    return [get_run(r.run_id) for r in list_runs(experiment_path=experiment)]
