@@ -56,6 +56,4 @@ def load_4bit(name: str, *, gradient_checkpointing: bool) -> Any:
         use_safetensors=True,
         device_map={"": torch.cuda.current_device()},
     )
-    return prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=gradient_checkpointing
-    )
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
