@@ -2,25 +2,18 @@
 
 No machine that runs ftmagic's tests or demos can download weights, yet every code path (tokenizer,
 chat template, ``AutoModelForCausalLM``, LoRA, MLflow logging) should run exactly as it does for a
-real model, and the tutorials should look like fine-tuning a real pretrained model. So the tiny
-models are a small pretrained family, made by ftmagic itself with ``scripts/pretrain_tiny.py``:
+real model. So each tiny model is a random-init ``LlamaForCausalLM`` plus a byte-level BPE tokenizer
+trained on the bundled corpus and the bundled training data, with a real chat template, saved with
+``save_pretrained``. It is built on first use into ``$FTMAGIC_CACHE/models/<name>-v2``,
+byte-for-byte the same on every build.
 
-- ``ftmagic/tiny-base``: a 2M-parameter Llama pretrained with ftmagic's continued-pretraining path
-  on a generated corpus (stories, notes and records about people, places and medicines).
-- ``ftmagic/tiny-chat`` (Llama 3 template) and ``ftmagic/tiny-chatml`` (ChatML): the base,
-  instruction-tuned to extract names as JSON lists, repeat text, fill JSON records and answer short
-  questions. None of this covers the tutorials' tasks (drug names, the shop assistant).
-
-Their weights (bfloat16 safetensors) and the shared tokenizer ship in ``ftmagic/resources/tiny``
-with a model card. Each model is written on first use into ``$FTMAGIC_CACHE/models/<name>-v3``
-with ``save_pretrained``, byte-for-byte the same on every build, and loads through
-``AutoModelForCausalLM`` like any model. ``build_tiny_model(spec, out, pretrained=False)`` still
-builds the seeded random-init model for tests that need a fresh one.
-
-Two choices help a model this small copy words it has never seen:
+Two choices let a model this small learn, within minutes on a CPU, to copy words it has never seen
+(what the NER tutorial asks of it):
 
 - The tokenizer keeps every space as a token of its own, so a word is the same tokens wherever it
-  stands (after a space in a sentence, after a quote in a JSON answer).
+  stands (after a space in a sentence, after a quote in a JSON answer). Byte-level BPE otherwise
+  splits ``" word"`` and ``"word"`` differently; a pretrained model knows both spell one word, a
+  random-init one would have to learn that for every token before it could copy.
 - Input and output embeddings are tied (as in Llama 3.2 1B), so one learned map copies any token.
 """
 
@@ -35,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-VERSION = "v3"
+VERSION = "v2"
 PREFIX = "ftmagic/"
 
 # Meta-Llama-3-8B-Instruct's template, as published in its tokenizer_config.json.
@@ -71,12 +64,11 @@ class TinySpec:
     pad_token: str
     add_bos: bool
     extra_eos: tuple[str, ...] = ()
-    weights: str = ""
     vocab_size: int = 2048
-    hidden_size: int = 192
-    intermediate_size: int = 512
-    num_layers: int = 4
-    num_heads: int = 6
+    hidden_size: int = 128
+    intermediate_size: int = 344
+    num_layers: int = 2
+    num_heads: int = 4
     num_kv_heads: int = 2
     context_length: int = 2048
     tie_embeddings: bool = True
@@ -91,9 +83,6 @@ LLAMA3_SPECIALS = (
     "<|eot_id|>",
 )
 CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-SPECIALS = LLAMA3_SPECIALS + CHATML_SPECIALS
-"""Every tiny model has all of these, in this order, so the three share one vocabulary and the
-chat models start from the base's weights."""
 
 TINY_MODELS: dict[str, TinySpec] = {
     spec.name: spec
@@ -102,36 +91,33 @@ TINY_MODELS: dict[str, TinySpec] = {
             name="ftmagic/tiny-chat",
             template_family="llama3",
             chat_template=LLAMA3_TEMPLATE,
-            special_tokens=SPECIALS,
+            special_tokens=LLAMA3_SPECIALS,
             bos_token="<|begin_of_text|>",
             eos_token="<|eot_id|>",
             pad_token="<|end_of_text|>",
             add_bos=True,
             extra_eos=("<|end_of_text|>",),
-            weights="chat",
         ),
         TinySpec(
             name="ftmagic/tiny-chatml",
             template_family="chatml",
             chat_template=CHATML_TEMPLATE,
-            special_tokens=SPECIALS,
+            special_tokens=CHATML_SPECIALS,
             bos_token="<|endoftext|>",
             eos_token="<|im_end|>",
             pad_token="<|endoftext|>",
             add_bos=False,
             extra_eos=("<|endoftext|>",),
-            weights="chatml",
         ),
         TinySpec(
             name="ftmagic/tiny-base",
             template_family="none",
             chat_template=None,
-            special_tokens=SPECIALS,
+            special_tokens=LLAMA3_SPECIALS,
             bos_token="<|begin_of_text|>",
             eos_token="<|end_of_text|>",
             pad_token="<|end_of_text|>",
             add_bos=True,
-            weights="base",
         ),
     )
 }
@@ -187,26 +173,12 @@ def ensure_tiny_model(name: str) -> Path:
     return final
 
 
-def build_tiny_model(spec: TinySpec, out: Path, *, pretrained: bool = True) -> None:
-    """Write tokenizer and weights for ``spec`` into the folder ``out``: the shipped pretrained
-    weights, or with ``pretrained=False`` (or before any were made) a seeded random init."""
+def build_tiny_model(spec: TinySpec, out: Path) -> None:
+    """Write tokenizer and random-init weights for ``spec`` into the folder ``out``."""
     tokenizer = build_tokenizer(spec)
     tokenizer.save_pretrained(str(out))
-    model = build_model(spec, tokenizer, pretrained=pretrained)
+    model = build_model(spec, tokenizer)
     model.save_pretrained(str(out))
-
-
-def resource_dir() -> Path:
-    """Where the shipped tokenizer, weights and model card live."""
-    return Path(str(resources.files("ftmagic.resources"))) / "tiny"
-
-
-def weights_file(spec: TinySpec) -> Path:
-    return resource_dir() / f"{spec.weights}.safetensors"
-
-
-def has_weights(spec: TinySpec) -> bool:
-    return bool(spec.weights) and weights_file(spec).is_file()
 
 
 TRAINING_TEXTS = ("ner", "chat")
@@ -228,13 +200,25 @@ def corpus_text() -> str:
 
 
 def build_tokenizer(spec: TinySpec) -> Any:
-    """The shared byte-level BPE vocabulary with ``spec``'s special roles and chat template,
-    wrapped for transformers."""
-    from tokenizers import Tokenizer, processors
+    """A byte-level BPE tokenizer trained on the bundled corpus, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    shipped = resource_dir() / "tokenizer.json"
-    tok = Tokenizer.from_file(str(shipped)) if shipped.is_file() else train_vocabulary(spec)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(" ", behavior="isolated"),  # a word is the same tokens anywhere
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=list(spec.special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus_text().split("\n\n"), trainer=trainer)
     bos_id = tok.token_to_id(spec.bos_token)
     if spec.add_bos:
         tok.post_processor = processors.TemplateProcessing(
@@ -257,32 +241,8 @@ def build_tokenizer(spec: TinySpec) -> Any:
     return wrapped
 
 
-def train_vocabulary(spec: TinySpec) -> Any:
-    """The byte-level BPE vocabulary the tiny models share, learned from ``corpus_text()``.
-    ``scripts/pretrain_tiny.py`` runs this once and ships the result as ``tokenizer.json``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(" ", behavior="isolated"),  # a word is the same tokens anywhere
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=spec.vocab_size,
-        special_tokens=list(spec.special_tokens),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus_text().split("\n\n"), trainer=trainer)
-    return tok
-
-
-def build_model(spec: TinySpec, tokenizer: Any, *, pretrained: bool = True) -> Any:
-    """``LlamaForCausalLM`` for ``spec``: seeded random init (the caller's RNG state is left
-    untouched), then the shipped weights unless ``pretrained`` is false."""
+def build_model(spec: TinySpec, tokenizer: Any) -> Any:
+    """A seeded random-init ``LlamaForCausalLM``; the caller's RNG state is left untouched."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -303,8 +263,6 @@ def build_model(spec: TinySpec, tokenizer: Any, *, pretrained: bool = True) -> A
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = LlamaForCausalLM(config)
-    if pretrained and has_weights(spec):
-        load_shipped_weights(model, weights_file(spec))
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=eos_ids,
@@ -313,15 +271,3 @@ def build_model(spec: TinySpec, tokenizer: Any, *, pretrained: bool = True) -> A
     with contextlib.suppress(AttributeError):
         model.config.name_or_path = spec.name
     return model
-
-
-def load_shipped_weights(model: Any, path: Path) -> None:
-    """Load bfloat16 weights (how they ship, to keep the package small) into the float32 model."""
-    from safetensors.torch import load_file
-
-    state = {k: v.float() for k, v in load_file(str(path)).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # Tied embeddings are stored once; anything else missing is a broken file.
-    if unexpected or set(missing) - {"lm_head.weight"}:
-        raise RuntimeError(f"{path}: weights do not match the model ({missing=}, {unexpected=})")
-    model.tie_weights()
