@@ -224,8 +224,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from ftmagic import quiet
     from ftmagic.train.cli import demo_command
 
+    quiet.set_verbose(args.verbose)  # before the demo loads the model to score it
+    quiet.apply(load=("transformers",))
     return demo_command(verbose=args.verbose)
 
 
