@@ -115,7 +115,8 @@ def runs(magics: Any, argv: builtins.list[str]) -> RunTable:
 
 def status(magics: Any, argv: builtins.list[str]) -> None:
     """Show the run's live view; it turns into a summary card and curves when the run ends
-    (``magics.last_view`` is the view)."""
+    (``magics.last_view`` is the view). The checkpoint gallery shows below it once the run has
+    checkpoints."""
     from ftmagic.ui.live import LiveView, display_live
 
     parser = _parser("status")
@@ -124,6 +125,20 @@ def status(magics: Any, argv: builtins.list[str]) -> None:
     run = resolve_run(magics, args.run)
     magics.last_view = LiveView(run, refresh_interval=magics.refresh_interval, start=False)
     display_live(magics.last_view)
+    if run.checkpoints:
+        display_gallery(run)
+
+
+def display_gallery(run: Any) -> None:
+    """The run's checkpoint gallery as plain HTML and text (kept by a saved notebook)."""
+    from IPython.display import display
+
+    from ftmagic.checkpoint_gallery import gallery
+    from ftmagic.ui.html import gallery_plain, gallery_text
+
+    found = gallery(run)
+    text = "\n".join([f"checkpoints of {found.run_name}:", *gallery_text(gallery_plain(found))])
+    display({"text/html": found._repr_html_(), "text/plain": text}, raw=True)
 
 
 def cancel(magics: Any, argv: builtins.list[str]) -> None:

@@ -216,6 +216,69 @@ def summary_commands(summary: dict[str, Any]) -> list[str]:
     return commands
 
 
+GALLERY_OPEN_CHARS = 240  # generations longer than this (all together) start collapsed
+
+
+def gallery_plain(gallery: Any) -> dict[str, Any]:
+    """A ``Gallery`` as plain values (what the summary card keeps)."""
+    from dataclasses import asdict
+
+    return {
+        "run_name": gallery.run_name,
+        "metric_name": gallery.metric_name,
+        "rows": [asdict(row) for row in gallery.rows],
+    }
+
+
+def gallery_card_html(gallery: dict[str, Any]) -> str:
+    """The checkpoint gallery for the summary card: one row per checkpoint, the best marked, each
+    row's generations folded into a ``<details>`` when they are long."""
+    metric = html.escape(gallery.get("metric_name") or "metric")
+    columns = ("step", "eval loss", metric, "generations (prompt → answer | reference)", "models")
+    head = "".join(f"<th {CELL}>{c}</th>" for c in columns)
+    body = "".join(_gallery_row_html(row) for row in gallery.get("rows", []))
+    return f"<div><b>checkpoints</b>{TABLE}<tr>{head}</tr>{body}</table></div>"
+
+
+def _gallery_row_html(row: dict[str, Any]) -> str:
+    from ftmagic.checkpoint_gallery import SHOWN_GENERATIONS, _short
+
+    shown = list(row.get("generations") or [])[:SHOWN_GENERATIONS]
+    lines = [
+        f"{html.escape(_short(str(g.get('prompt', ''))))} → "
+        f"<code>{html.escape(str(g.get('prediction', '')))}</code>"
+        f" | <code>{html.escape(str(g.get('reference', '')))}</code>"
+        for g in shown
+    ]
+    answers = "<br>".join(lines)
+    if sum(len(line) for line in lines) > GALLERY_OPEN_CHARS:
+        answers = f"<details><summary>{len(lines)} generations</summary>{answers}</details>"
+    best = bool(row.get("best"))
+    style = " style='background:#e8f5e9'" if best else ""
+    cells = (
+        f"{row.get('step')}{' ★ best' if best else ''}",
+        _score(row.get("eval_loss")),
+        _score(row.get("metric")),
+        answers,
+        html.escape(", ".join(row.get("models") or [])),
+    )
+    return f"<tr{style}>" + "".join(f"<td {CELL}>{c}</td>" for c in cells) + "</tr>"
+
+
+def _score(value: Any) -> str:
+    return "—" if value is None else f"{float(value):.4f}"
+
+
+def gallery_text(gallery: dict[str, Any]) -> list[str]:
+    """The gallery as text lines: step, eval loss, metric, the best marked."""
+    metric = gallery.get("metric_name") or "metric"
+    return [
+        f"step {row.get('step')}: eval loss {_score(row.get('eval_loss'))}, "
+        f"{metric} {_score(row.get('metric'))}{' (best)' if row.get('best') else ''}"
+        for row in gallery.get("rows", [])
+    ]
+
+
 def summary_card_html(summary: dict[str, Any]) -> str:
     """A run's end as a self-contained HTML card (inline styles only: it is saved in notebooks
     and shown without a kernel, on GitHub and by nbconvert)."""
@@ -229,10 +292,11 @@ def summary_card_html(summary: dict[str, Any]) -> str:
         f"<pre style='margin:2px 0;white-space:pre-wrap'>{html.escape(c)}</pre>"
         for c in summary_commands(summary)
     )
+    gallery = gallery_card_html(summary["gallery"]) if summary.get("gallery") else ""
     return (
         "<div class='ftmagic-summary' style='border:1px solid #ddd;border-radius:4px;"
         "padding:6px 10px;max-width:760px'>"
-        f"<div><b>{title}</b> &nbsp; {badge}</div>{TABLE}{rows}</table>{commands}</div>"
+        f"<div><b>{title}</b> &nbsp; {badge}</div>{TABLE}{rows}</table>{gallery}{commands}</div>"
     )
 
 
@@ -242,5 +306,7 @@ def summary_text(summary: dict[str, Any]) -> str:
     head = f"run {summary.get('name', '')}: {summary.get('status', '')}"
     lines = [head + (f" ({reason})" if reason else "")]
     lines += [f"  {label:<17}{text}" for label, text in summary_rows(summary)]
+    if summary.get("gallery"):
+        lines += [f"  {line}" for line in gallery_text(summary["gallery"])]
     lines += [f"  {command}" for command in summary_commands(summary)]
     return "\n".join(lines)

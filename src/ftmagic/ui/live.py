@@ -224,7 +224,24 @@ def run_summary(run: Any) -> dict[str, Any]:
         "checkpoints": [int(getattr(c, "step", 0)) for c in run.checkpoints],
         "registered_model": getattr(run, "registered_model", None),
         "tracking_uri": getattr(run, "tracking_uri", None),
+        "gallery": summary_gallery(run),
     }
+
+
+def summary_gallery(run: Any) -> dict[str, Any] | None:
+    """The checkpoint gallery as plain values, when the run has an ``eval_metric`` or more than
+    one checkpoint to compare; ``None`` otherwise or when it cannot be read (the card still
+    shows)."""
+    from ftmagic.checkpoint_gallery import gallery
+
+    config = getattr(run, "config", None)
+    if config is None or not (config.eval_metric or len(run.checkpoints) > 1):
+        return None
+    try:
+        return render.gallery_plain(gallery(run))
+    except Exception as err:  # the card matters more than its gallery
+        log.warning("summary card: cannot read the gallery of run %s: %s", run.run_id, err)
+        return None
 
 
 ESTIMATED_TAG = "ftmagic.estimated_seconds"  # written by the trainer when the run was sized

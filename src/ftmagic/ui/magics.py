@@ -2,8 +2,9 @@
 
 ``%%finetune`` turns a YAML cell into a ``RunConfig`` (see ``ftmagic.ui.cell`` for ``{var}``
 substitution), then validates it (``--dry-run``) or starts the run and shows its live view.
-``%ft`` drives runs that already exist: ``runs``, ``status``, ``cancel``, ``models``, ``panel`` and
-``chat``. Defaults are traitlets: ``%config FinetuneMagics.backend = "local"``.
+``%ft`` drives runs that already exist: ``runs``, ``status``, ``cancel``, ``models``, ``panel``,
+``chat``, ``serve``, ``gallery`` and ``promote``. Defaults are traitlets:
+``%config FinetuneMagics.backend = "local"``.
 User errors (``FtmagicError``) are shown as a short message, never a traceback.
 """
 
@@ -149,6 +150,10 @@ class FinetuneMagics(Magics):
         %ft models                                 the model catalog
         %ft panel                                  the fine-tuning panel
         %ft chat RUN [--checkpoint STEP]           chat with a fine-tuned model
+        %ft serve [RUN] [--port N]                 serve a run's registered model (Stop button)
+        %ft gallery [RUN]                          checkpoints: eval loss, metric, generations
+        %ft promote RUN STEP [--alias A] [--register-to NAME]
+                                                   register a checkpoint as a model version
 
         RUN is a run id, a run name or a notebook variable holding a Run.
         """

@@ -1,4 +1,4 @@
-"""The panel's Preview and Results tabs."""
+"""The panel's Preview and Results tabs (the Results tab holds the checkpoint gallery)."""
 
 from __future__ import annotations
 
@@ -77,18 +77,94 @@ def trained_counts_html(preview: Any) -> str:
 
 
 class ResultsTab(widgets.VBox):
-    """Eval-prompt generations per checkpoint, the registered model and how to serve it."""
+    """The checkpoint gallery (a Promote button per checkpoint), eval-prompt generations per
+    checkpoint, the registered model and how to serve it."""
 
     def __init__(self) -> None:
+        self.gallery = GalleryBox()
         self.generations = widgets.HTML("<i style='color:#777'>no run yet</i>")
         self.model = widgets.HTML()
-        super().__init__([self.generations, self.model])
+        super().__init__([self.gallery, self.generations, self.model])
 
     def show(self, run: Any) -> None:
         """Fill the tab from ``run`` (called when a run ends, or by hand)."""
         run.refresh()
+        self.gallery.show(run)
         self.generations.value = render.generations_by_checkpoint_html(run.generations())
         self.model.value = render.results_html(run.registered_model, tracking_uri())
+
+
+class GalleryBox(widgets.VBox):
+    """A run's checkpoint gallery with, per checkpoint, an alias field and a Promote button that
+    registers that checkpoint as a model version (``rows[step]`` holds the row's widgets)."""
+
+    def __init__(self) -> None:
+        self.run: Any = None
+        self.table = widgets.HTML()
+        self.register_to = widgets.Text(
+            description="register to",
+            placeholder="catalog.schema[.name]",
+            layout=widgets.Layout(width="360px"),
+        )
+        self.rows: dict[int, PromoteRow] = {}
+        self.controls = widgets.VBox()
+        super().__init__([self.table, self.register_to, self.controls])
+
+    def show(self, run: Any) -> None:
+        from ftmagic.checkpoint_gallery import gallery
+
+        self.run = run
+        try:
+            found = gallery(run)
+        except FtmagicError as err:
+            self.table.value = message_html(str(err))
+            self.rows = {}
+            self.controls.children = ()
+            return
+        self.table.value = found._repr_html_() if found.rows else ""
+        self.register_to.value = self.register_to.value or run.config.register_to or ""
+        self.register_to.layout.display = "" if found.rows else "none"
+        self.rows = {row.step: PromoteRow(self, row.step, row.best) for row in found.rows}
+        self.controls.children = tuple(self.rows.values())
+
+    def promote(self, step: int, alias: str) -> str:
+        """Register checkpoint ``step`` (``alias`` moved to it when given); refresh the table."""
+        import ftmagic
+
+        reference = ftmagic.promote(
+            self.run, step, register_to=self.register_to.value.strip() or None, alias=alias or None
+        )
+        self.table.value = ftmagic.gallery(self.run)._repr_html_()
+        return str(reference)
+
+
+class PromoteRow(widgets.HBox):
+    """``step N``, an optional alias and a Promote button; the result or error beside them."""
+
+    def __init__(self, box: GalleryBox, step: int, best: bool) -> None:
+        self.box = box
+        self.step = step
+        label = widgets.HTML(f"step {step}{' ★ best' if best else ''}")
+        self.alias = widgets.Text(placeholder="alias (optional, e.g. champion)")
+        self.button = widgets.Button(description="Promote", icon="upload")
+        self.button.on_click(lambda _button: self.promote())
+        self.result = widgets.HTML()
+        super().__init__([label, self.alias, self.button, self.result])
+
+    def promote(self) -> None:
+        self.button.disabled = True
+        alias = self.alias.value.strip()
+        try:
+            reference = self.box.promote(self.step, alias)
+        except FtmagicError as err:
+            self.result.value = message_html(str(err))
+        except Exception as err:  # a click has no one to raise to: say what failed
+            self.result.value = message_html(f"promoting step {self.step} failed: {err}")
+        else:
+            where = f" (alias <code>{html.escape(alias)}</code>)" if alias else ""
+            self.result.value = f"registered <code>{html.escape(reference)}</code>{where}"
+        finally:
+            self.button.disabled = False
 
 
 def tracking_uri() -> str | None:
