@@ -163,7 +163,6 @@ FAMILIES: dict[str, Family] = {
             "<|end_of_text|>",
             bos="<|end_of_text|>",
             config_class="GraniteConfig",
-            config={"embedding_multiplier": 12.0, "logits_scaling": 8.0},
         ),
         Family(
             "olmo2",

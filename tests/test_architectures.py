@@ -47,7 +47,7 @@ def copy_task(name: str) -> list[dict[str, Any]]:
             {"role": "assistant", "content": words},
         ]
         if name == "smollm3":
-            messages.insert(0, {"role": "system", "content": "Repeat the words. /no_think"})
+            messages.insert(0, {"role": "system", "content": "Repeat the words."})
         records.append({"messages": messages})
     return records
 
