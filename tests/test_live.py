@@ -61,7 +61,7 @@ def test_update_renders_progress_plot_events_and_generations() -> None:
         checkpoints=["step-2"],
         rows=[{"step": 2, "prompt": "Aspirin <b>", "response": "[]"}],
     )
-    view = LiveView(run, start=False)
+    view = LiveView(run, start=False, interactive=False)
     assert view.update() is False
     assert (view.progress_bar.value, view.progress_bar.max) == (3, 10)
     text = view.progress_text.value
@@ -75,7 +75,7 @@ def test_update_renders_progress_plot_events_and_generations() -> None:
 
 def test_plot_is_redrawn_only_when_metrics_change() -> None:
     run = RecordedRun(series={"train/loss": [(1, 3.0)]})
-    view = LiveView(run, start=False)
+    view = LiveView(run, start=False, interactive=False)
     view.update()
     view.plot.value = b"sentinel"
     view.update()
@@ -184,7 +184,7 @@ def test_final_outputs_are_a_summary_card_and_the_curves() -> None:
 
 def test_setup_stages_show_before_the_first_step_and_one_point_is_drawn() -> None:
     run = RecordedRun(progress={"step": 0}, events=[Event("RUNNING", 0.0, "run is running")])
-    view = LiveView(run, start=False)
+    view = LiveView(run, start=False, interactive=False)
     view.update()
     assert "validating the data…" in view.progress_text.value
     assert "step 0" not in view.progress_text.value

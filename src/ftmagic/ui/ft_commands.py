@@ -226,6 +226,62 @@ def promote(magics: Any, argv: builtins.list[str]) -> None:
     print(f"checkpoint {args.step} of run {run.name} is {ref}{alias}")
 
 
+class LossComparison:
+    """The result of ``%ft compare``: the train/eval loss of several runs overlaid. ``figure`` is a
+    plotly figure (hover, zoom, legend toggles) or ``None`` without plotly; it displays as that
+    figure plus a PNG of the same curves, which a saved notebook keeps either way."""
+
+    METRICS = ("train/loss", "eval/loss")
+
+    def __init__(self, runs: builtins.list[Any]) -> None:
+        from ftmagic.ui import charts
+
+        self.names = unique_names(runs)
+        self.metrics = {
+            name: run.metrics(list(self.METRICS))
+            for name, run in zip(self.names, runs, strict=True)
+        }
+        self.figure = (
+            charts.compare_figure(self.metrics) if charts.interactive_available() else None
+        )
+
+    def png(self) -> bytes:
+        from ftmagic.ui.plot import compare_png
+
+        return compare_png(self.metrics)
+
+    def _repr_mimebundle_(self, **_kwargs: Any) -> dict[str, Any]:
+        import base64
+
+        bundle: dict[str, Any] = {
+            "image/png": base64.b64encode(self.png()).decode("ascii"),
+            "text/plain": f"<loss of runs {', '.join(self.names)}>",
+        }
+        if self.figure is not None:
+            bundle["application/vnd.plotly.v1+json"] = self.figure.to_plotly_json()
+        return bundle
+
+
+def unique_names(runs: builtins.list[Any]) -> builtins.list[str]:
+    """Run names for the legend; a name used twice gets its run id's first 8 characters."""
+    names = [str(getattr(run, "name", "") or run.run_id) for run in runs]
+    return [
+        f"{name} ({str(run.run_id)[:8]})" if names.count(name) > 1 else name
+        for name, run in zip(names, runs, strict=True)
+    ]
+
+
+def compare(magics: Any, argv: builtins.list[str]) -> LossComparison:
+    """Overlay the train and eval loss of two or more runs in one figure."""
+    parser = _parser("compare")
+    parser.add_argument("runs", nargs="+")
+    args = parser.parse_args(argv)
+    runs = [resolve_run(magics, ref) for ref in args.runs]
+    for run in runs:
+        run.refresh()
+    return LossComparison(runs)
+
+
 COMMANDS = MappingProxyType(
     {
         "runs": runs,
@@ -237,5 +293,6 @@ COMMANDS = MappingProxyType(
         "serve": serve,
         "gallery": gallery,
         "promote": promote,
+        "compare": compare,
     }
 )

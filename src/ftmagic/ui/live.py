@@ -4,6 +4,10 @@ A background thread polls the run (``run.refresh()`` reads it from MLflow, so ev
 same view) and only sets widget traits; it never writes through ``with output:``, which is unsafe
 from a thread. The plot is redrawn only when the metrics changed, at most every
 ``MIN_INTERVAL_S`` seconds. ``update()`` performs one poll synchronously.
+
+With plotly and anywidget installed the curves are interactive (``ui.charts.CurvesView``: hover,
+zoom, log scale, smoothing); otherwise, or with ``interactive=False``, they are a PNG. Either way
+the PNG is drawn once the run has ended, for the outputs that stay.
 """
 
 from __future__ import annotations
@@ -25,8 +29,19 @@ from ftmagic.ui.plot import curves_png
 log = logging.getLogger(__name__)
 
 PLOT_METRICS = ("train/loss", "eval/loss", "train/lr")
+CHART_METRICS = ("train/loss", "eval/loss", "train/lr", "train/grad_norm", "train/tokens_per_s")
 MIN_INTERVAL_S = 0.5
 DONE_STATUSES = ("COMPLETED", "FAILED", "STOPPED")
+
+
+def curves_view(interactive: bool | None) -> Any:
+    """The interactive curves, or ``None`` for the PNG: when ``interactive`` is False, or None
+    and plotly/anywidget are missing (an explicit True then raises their ImportError)."""
+    from ftmagic.ui import charts
+
+    if interactive is False or (interactive is None and not charts.interactive_available()):
+        return None
+    return charts.CurvesView()
 
 
 def status_name(status: Any) -> str:
@@ -37,13 +52,23 @@ def status_name(status: Any) -> str:
 class LiveView(widgets.VBox):
     """Watch ``run`` until it ends. ``cancel_button.click()`` asks it to stop."""
 
-    def __init__(self, run: Any, *, refresh_interval: float = 1.0, start: bool = True) -> None:
+    def __init__(
+        self,
+        run: Any,
+        *,
+        refresh_interval: float = 1.0,
+        start: bool = True,
+        interactive: bool | None = None,
+    ) -> None:
         self.run = run
         self.refresh_interval = max(MIN_INTERVAL_S, refresh_interval)
         self.title = widgets.HTML(self._title_html())
         self.progress_bar = widgets.IntProgress(min=0, max=1, value=0, description="progress")
         self.progress_text = widgets.HTML()
         self.plot = widgets.Image(format="png", layout=widgets.Layout(max_width="640px"))
+        self.chart = curves_view(interactive)
+        if self.chart is not None:
+            self.plot.layout.display = "none"
         self.events_html = widgets.HTML()
         self.generations_html = widgets.HTML()
         self.cancel_button = widgets.Button(
@@ -58,6 +83,7 @@ class LiveView(widgets.VBox):
                 widgets.HBox([self.progress_bar, self.cancel_button]),
                 self.progress_text,
                 self.plot,
+                *([self.chart] if self.chart is not None else []),
                 self.generations_html,
                 events,
                 self.message,
@@ -80,10 +106,10 @@ class LiveView(widgets.VBox):
             self.run.refresh()
             status = status_name(self.run.status)
             self._show_progress(status)
+            self.done = status in DONE_STATUSES
             self._show_plot()
             self.events_html.value = render.events_html(self.run.events)
             self._show_generations()
-            self.done = status in DONE_STATUSES
             if self.done:  # nothing left to cancel
                 self.cancel_button.disabled = True
                 self.cancel_button.layout.display = "none"
@@ -155,6 +181,10 @@ class LiveView(widgets.VBox):
         self.progress_text.value = render.progress_html(progress, status, reason, stage)
 
     def _show_plot(self) -> None:
+        if self.chart is not None:
+            self.chart.update(self.run.metrics(list(CHART_METRICS)), force=self.done)
+            if not self.done:  # the PNG is only drawn for the outputs that stay
+                return
         metrics = self.run.metrics(list(PLOT_METRICS))
         key = tuple((name, len(v), v[-1] if v else None) for name, v in sorted(metrics.items()))
         if key != self._plot_key:

@@ -72,3 +72,37 @@ def y_limits(values: list[float]) -> tuple[float, float] | None:
     span = max(high - low, floor)
     middle = (low + high) / 2
     return (round(middle - span * 0.55, 4), round(middle + span * 0.55, 4))
+
+
+def compare_png(
+    runs: dict[str, dict[str, Series]], *, width: float = 8.0, height: float = 3.6
+) -> bytes:
+    """A PNG overlaying the train (lines) and eval (dots) loss of several runs, one colour per run,
+    the run names in the legend; ``runs`` maps a run name to its metrics."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=80)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    for index, (name, metrics) in enumerate(runs.items()):
+        color = f"C{index % 10}"
+        for metric, style in (("train/loss", "-"), ("eval/loss", "o:")):
+            series = metrics.get(metric, [])
+            if series:
+                label = f"{name} {metric.split('/')[0]}"
+                axes.plot(*zip(*series, strict=True), style, color=color, label=label)
+    limits = y_limits(
+        [v for m in runs.values() for n in ("train/loss", "eval/loss") for _, v in m.get(n, [])]
+    )
+    if limits is not None:
+        axes.set_ylim(*limits)
+    axes.set_title("loss", fontsize=10)
+    axes.set_xlabel("step", fontsize=9)
+    axes.grid(alpha=0.3)
+    if axes.lines:
+        axes.legend(fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
