@@ -1,7 +1,8 @@
 """The JupyterLab extension's TypeScript unit tests (jest), run from pytest.
 
-They cover the `%%finetune` highlighting switch (pure functions and the CodeMirror extension on a
-real EditorState), the runs sidebar's data model and the cells the commands insert.
+They cover the `%%finetune` highlighting switch and field completion (pure functions and the
+CodeMirror extensions on a real EditorState), the runs sidebar's data model and the cells the
+commands insert.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 LAB = Path(__file__).resolve().parents[1] / "labextension"
 JLPM = Path(sys.executable).parent / "jlpm"
-MIN_TESTS = 49
+MIN_TESTS = 58
 
 
 def test_jest_unit_tests_pass() -> None:
@@ -28,6 +29,6 @@ def test_jest_unit_tests_pass() -> None:
     suites = re.search(r"Test Suites:\s+(\d+) passed, (\d+) total", report)
     tests = re.search(r"Tests:\s+(\d+) passed, (\d+) total", report)
     assert suites and tests, report[-2000:]
-    assert suites.group(1) == suites.group(2) == "4"
+    assert suites.group(1) == suites.group(2) == "5"
     assert tests.group(1) == tests.group(2)
     assert int(tests.group(1)) >= MIN_TESTS

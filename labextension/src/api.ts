@@ -6,6 +6,7 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
+import { type IConfigField, parseFields } from './completion';
 import { type IRunsPayload, parsePayload } from './model';
 
 async function request(path: string, init: RequestInit = {}): Promise<unknown> {
@@ -34,4 +35,20 @@ export async function fetchRuns(): Promise<IRunsPayload> {
 /** Ask a run to stop (it ends as STOPPED after its current step). */
 export async function cancelRun(runId: string): Promise<void> {
   await request(`runs/${encodeURIComponent(runId)}/cancel`, { method: 'POST' });
+}
+
+let fields: Promise<IConfigField[]> | null = null;
+
+/** The config fields `%%finetune` cells take (asked once; asked again after a failure). */
+export function fetchFields(): Promise<IConfigField[]> {
+  if (fields === null) {
+    fields = request('fields')
+      .then(parseFields)
+      .catch(err => {
+        console.warn('ftmagic: config fields not available for completion', err);
+        fields = null;
+        return [];
+      });
+  }
+  return fields;
 }

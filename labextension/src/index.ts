@@ -1,7 +1,7 @@
 /**
- * ftmagic's JupyterLab extension: YAML highlighting for `%%finetune` cells, the fine-tuning runs
- * sidebar, and commands to start a fine-tuning notebook, insert a `%%finetune` cell and open
- * the panel.
+ * ftmagic's JupyterLab extension: YAML highlighting and config field completion for
+ * `%%finetune` cells, the fine-tuning runs sidebar, and commands to start a fine-tuning
+ * notebook, insert a `%%finetune` cell and open the panel.
  */
 
 import {
@@ -15,7 +15,9 @@ import { ILauncher } from '@jupyterlab/launcher';
 import type { Kernel } from '@jupyterlab/services';
 import { INotebookTracker, NotebookActions, type NotebookPanel } from '@jupyterlab/notebook';
 
+import { fetchFields } from './api';
 import { finetuneCells, newNotebookCells, panelCellCode } from './cells';
+import { finetuneCompletion } from './completion';
 import { isFinetuneCell } from './finetuneCell';
 import { finetuneHighlighting } from './highlight';
 import { runsIcon } from './icon';
@@ -92,7 +94,7 @@ function currentNotebook(tracker: INotebookTracker | null): NotebookPanel | null
 
 const highlightPlugin: JupyterFrontEndPlugin<void> = {
   id: 'ftmagic:highlight',
-  description: 'YAML highlighting for %%finetune cells.',
+  description: 'YAML highlighting and config field completion for %%finetune cells.',
   autoStart: true,
   requires: [IEditorExtensionRegistry],
   activate: (_app: JupyterFrontEnd, registry: IEditorExtensionRegistry) => {
@@ -102,6 +104,10 @@ const highlightPlugin: JupyterFrontEndPlugin<void> = {
         EditorExtensionRegistry.createImmutableExtension(
           finetuneHighlighting(options.model.sharedModel.getSource())
         )
+    });
+    registry.addExtension({
+      name: 'ftmagic:finetune-completion',
+      factory: () => EditorExtensionRegistry.createImmutableExtension(finetuneCompletion(fetchFields))
     });
   }
 };

@@ -6,6 +6,8 @@ REST API under ``/ftmagic/api/`` (Jupyter's auth on every handler, Jupyter's XSR
   ``train/loss`` series, plus the tracking URI and the MLflow UI URL (when one is known).
 - ``GET runs/<id>``: one run, with its events.
 - ``POST runs/<id>/cancel``: ask a run to stop.
+- ``GET fields``: the ``%%finetune`` config fields (name, help, the values of fixed-choice
+  fields), read from ``RunConfig`` and the model catalog, for the editor's completion.
 
 The handlers call the public ``ftmagic`` API and read the store the server sees:
 ``FtmagicExtension.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``mlflow.db`` in the
@@ -198,6 +200,20 @@ def cancel_run(run_id: str, ext: FtmagicExtension) -> dict[str, Any]:
     return summarize(run, ext)
 
 
+def config_fields() -> dict[str, Any]:
+    """Every ``RunConfig`` field with its help and fixed values, in declaration order; the
+    same lists the kernel's completer offers (``ftmagic.ui.completion``), so they cannot drift."""
+    from ftmagic.config import RunConfig
+    from ftmagic.ui.completion import field_values
+
+    return {
+        "fields": [
+            {"name": name, "help": text, "values": field_values(name)}
+            for name, text in RunConfig.help().items()
+        ]
+    }
+
+
 # --- handlers ------------------------------------------------------------------------------
 
 
@@ -244,6 +260,12 @@ class CancelHandler(_Handler):
         self.answer(await self.call(cancel_run, valid_run_id(run_id), self.ext))
 
 
+class FieldsHandler(_Handler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        self.answer(await self.call(config_fields))
+
+
 class NotFoundHandler(_Handler):
     """Any other path under the API: a JSON 404 (after the usual auth and XSRF checks)."""
 
@@ -267,6 +289,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
             (url_path_join(base, "runs"), RunsHandler),
             (url_path_join(base, "runs", run), RunHandler),
             (url_path_join(base, "runs", run, "cancel"), CancelHandler),
+            (url_path_join(base, "fields"), FieldsHandler),
             (url_path_join(base, ".*"), NotFoundHandler),
         ],
     )
