@@ -9,11 +9,17 @@ tokenizing it and the memory of one batch.
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import html
+import json
 import math
+import os
+import threading
 import time
 import warnings
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -283,6 +289,11 @@ class ValidationReport:
 
 
 # --- validate -----------------------------------------------------------------------------------
+VALIDATION_CACHE_SIZE = 8
+_validation_cache: OrderedDict[str, ValidationReport] = OrderedDict()
+_validation_lock = threading.Lock()
+
+
 def validate(
     config: RunConfig, *, max_errors: int = 20, calibrate: bool = True
 ) -> ValidationReport:
@@ -291,7 +302,64 @@ def validate(
     The time estimate comes from a short measured calibration of the model on this machine's
     device (cached per model and device); ``calibrate=False`` uses the cache only, and without
     a cached calibration leaves the time unknown.
+
+    The report of local data is kept per process, keyed by the config and the data files' sizes
+    and mtimes (``data_files_fingerprint``): validating unchanged data again returns a copy of it
+    at once.
     """
+    key = validation_key(config, max_errors, calibrate)
+    with _validation_lock:
+        cached = _validation_cache.get(key) if key is not None else None
+        if cached is not None:
+            _validation_cache.move_to_end(key)  # type: ignore[arg-type]
+            return copy.deepcopy(cached)
+    report = _validate(config, max_errors=max_errors, calibrate=calibrate)
+    if key is not None:
+        with _validation_lock:
+            _validation_cache[key] = copy.deepcopy(report)
+            while len(_validation_cache) > VALIDATION_CACHE_SIZE:
+                _validation_cache.popitem(last=False)
+    return report
+
+
+def clear_validation_cache() -> None:
+    with _validation_lock:
+        _validation_cache.clear()
+
+
+def validation_key(config: RunConfig, max_errors: int, calibrate: bool) -> str | None:
+    """What decides a validation report, hashed; ``None`` (not cached) when a data path is not
+    a readable local file or folder."""
+    from ftmagic.data import estimate
+
+    paths = [p for p in (config.train_data_path, config.eval_data_path) if p]
+    files = data_files_fingerprint(paths)
+    if files is None or not paths:
+        return None
+    estimates = str(estimate.cache_file(config.model, "any").parent)  # a new calibration counts
+    calibrations = data_files_fingerprint([estimates]) if os.path.isdir(estimates) else []
+    key = [config.to_dict(), max_errors, calibrate, files, calibrations]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def data_files_fingerprint(paths: list[str]) -> list[list[Any]] | None:
+    """(path, size, mtime) of every file under ``paths``; ``None`` for remote or missing paths."""
+    found: list[list[Any]] = []
+    for path in paths:
+        if "://" in path or not os.path.exists(path):
+            return None
+        walked = (
+            [os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
+            if os.path.isdir(path)
+            else [path]
+        )
+        for name in sorted(walked):
+            stat = os.stat(name)
+            found.append([os.path.abspath(name), stat.st_size, stat.st_mtime_ns])
+    return found
+
+
+def _validate(config: RunConfig, *, max_errors: int, calibrate: bool) -> ValidationReport:
     started = time.perf_counter()
     errors = ErrorLog(max_errors)
     notes: list[str] = []
