@@ -3,6 +3,7 @@
     python benchmarks/first_curve.py              # 1 cold + 2 warm runs, about a minute
     python benchmarks/first_curve.py --warm 4     # more warm runs
     python benchmarks/first_curve.py --json out.json
+    python benchmarks/first_curve.py --uncached   # also warm runs with the kernel's caches cleared
 
 A real ipykernel from this interpreter runs the notebook's cells, as JupyterLab would: ``cold``
 is the first ``%%finetune`` cell of a fresh kernel (``%load_ext ftmagic`` already ran, so the
@@ -12,7 +13,9 @@ live view draws (it polls every ``refresh_interval``, 1 s by default, so the cur
 much later). It also reports when setup ended (the TRAIN_STARTED event: data validated, model
 loaded, rows packed), which separates ftmagic's own start-up from the first optimizer step. The
 run is the built-in ``ftmagic/tiny-chat`` on 400 bundled NER chats with
-validation on; each run is cancelled after its first point.
+validation on; each run is cancelled after its first point. A warm kernel keeps the model's
+weights and the validation report of unchanged data; ``--uncached`` interleaves each warm run with
+one that clears those caches first, so both are measured under the same load.
 """
 
 from __future__ import annotations
@@ -77,7 +80,13 @@ def first_point_seconds(
     return seconds, setup
 
 
-def measure(warm_runs: int) -> dict[str, Any]:
+CLEAR_CACHES = (
+    "from ftmagic import catalog\nfrom ftmagic.data import validate as _v\n"
+    "catalog.clear_weights_cache()\n_v.clear_validation_cache()"
+)
+
+
+def measure(warm_runs: int, uncached: bool = False) -> dict[str, Any]:
     from jupyter_client.manager import start_new_kernel
 
     folder = Path(tempfile.mkdtemp(prefix="ftmagic-first-curve-"))
@@ -92,7 +101,12 @@ def measure(warm_runs: int) -> dict[str, Any]:
     try:
         run_code(client, "%load_ext ftmagic")
         cold = first_point_seconds(client, cell, uri)
-        warm = [first_point_seconds(client, cell, uri) for _ in range(warm_runs)]
+        warm, cleared = [], []
+        for _ in range(warm_runs):
+            warm.append(first_point_seconds(client, cell, uri))
+            if uncached:
+                run_code(client, CLEAR_CACHES)
+                cleared.append(first_point_seconds(client, cell, uri))
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
@@ -102,6 +116,8 @@ def measure(warm_runs: int) -> dict[str, Any]:
         "warm_s": [round(w, 2) for w, _ in warm],
         "warm_setup_s": [round(s, 2) for _, s in warm],
         "warm_median_s": round(statistics.median(w for w, _ in warm), 2) if warm else None,
+        "uncached_s": [round(w, 2) for w, _ in cleared],
+        "uncached_setup_s": [round(s, 2) for _, s in cleared],
         "load_average": round(os.getloadavg()[0], 1),
         "cpus": os.cpu_count(),
     }
@@ -111,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--warm", type=int, default=2, help="warm runs after the cold one")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument(
+        "--uncached", action="store_true", help="also time warm runs with the caches cleared"
+    )
     args = parser.parse_args(argv)
-    result = measure(args.warm)
+    result = measure(args.warm, args.uncached)
     print(
         f"cell to first loss point, cold kernel: {result['cold_s']:.1f} s "
         f"(setup done after {result['cold_setup_s']:.1f} s)"
@@ -126,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{w:.1f}" for w in result["warm_setup_s"])
         + " s"
     )
+    if result["uncached_s"]:
+        print(
+            "warm kernel, caches cleared: "
+            + ", ".join(f"{w:.1f}" for w in result["uncached_s"])
+            + " s (setup done after "
+            + ", ".join(f"{w:.1f}" for w in result["uncached_setup_s"])
+            + " s)"
+        )
     print(f"load average during the run: {result['load_average']} on {result['cpus']} CPUs")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
