@@ -6,6 +6,11 @@ One pass through what a user does: open a fine-tuning notebook from the launcher
 run and watch it in the runs sidebar go RUNNING then COMPLETED, start a longer run and cancel it
 from the sidebar (it ends STOPPED), insert a reattach cell and open the panel. Screenshots go to
 ``build/lab-ui/`` (``docs/img/`` holds copies of ``sidebar.png`` and ``highlight.png``).
+
+Then, in a notebook of their own on the same server and browser: field names complete as a
+``%%finetune`` cell is typed, the panel shows a model error next to the model field and "Copy as
+cell" inserts the cell right below the panel, a short run is listed in the sidebar with its whole
+name and latest loss, and the chat box answers Enter with a streamed answer.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         "MLFLOW_TRACKING_URI": uri,
         "FTMAGIC_CHECKPOINT_DIR": str(root / "checkpoints"),
         "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",  # a model that is not on disk fails at once, not after retries
     }
     env.pop("FTMAGIC_MLFLOW_UI", None)
     with jupyter_lab(root, env, f"--FtmagicExtension.mlflow_ui_url={MLFLOW_UI}") as server:
@@ -257,3 +263,135 @@ def test_lab_extension_end_to_end(lab: Lab, page: Any) -> None:
     last_cell(page).locator(".jp-OutputArea-output .jupyter-widgets").first.wait_for()
     clock.lap("reattach and panel")
     print(clock)
+
+
+# --- field completion, the panel, the sidebar's stats and chat (one notebook, one kernel) ------
+
+TINY_RUN = (
+    '%%finetune\nmodel: ftmagic/tiny-chat\ntrain_data_path: "{train}"\n'
+    f"training_duration: 20ba\ncheckpoint_interval: 20ba\n{FAST}"
+)
+PANEL_CELL = (
+    "from ftmagic.config import RunConfig\nfrom ftmagic.ui.panel import Panel\n"
+    'panel = Panel(RunConfig(model="meta-llama/Llama-3.2-1B", train_data_path=train))\npanel'
+)
+# Every text the chat's history shows for the model's answer, in order (one entry per change).
+JS_WATCH_ANSWER = """output => {
+  window.ftmagicAnswers = [];
+  const record = () => {
+    const history = [...output.querySelectorAll('.widget-html-content')]
+      .find(e => e.textContent.includes('you:'));
+    if (!history) { return; }
+    const text = history.innerText;
+    const at = text.lastIndexOf('model:');
+    if (at < 0) { return; }
+    const answer = text.slice(at + 'model:'.length).trim();
+    const seen = window.ftmagicAnswers;
+    if (seen[seen.length - 1] !== answer) { seen.push(answer); }
+  };
+  new MutationObserver(record).observe(output, {subtree: true, childList: true,
+    characterData: true});
+}"""
+
+
+@pytest.fixture(scope="module")
+def notebook(page: Any) -> Any:
+    """A new fine-tuning notebook with ftmagic loaded and ``train`` set (its first two cells)."""
+    run_command(page, "ftmagic:new-notebook")
+    page.wait_for_selector(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell >> nth=2")
+    wait_kernel_idle(page)
+    cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
+    for index in range(2):
+        run_cell(page, cells.nth(index))
+    return cells
+
+
+@pytest.mark.timeout(300)
+def test_field_names_complete_in_a_finetune_cell(lab: Lab, page: Any, notebook: Any) -> None:
+    type_new_cell(page, "%%finetune\nmodel: ftmagic/tiny-chat\nlear")
+    popup = page.locator(".cm-tooltip-autocomplete")
+    popup.wait_for(timeout=30 * SECOND)
+    assert popup.locator("li").all_text_contents() == ["learning_rate"]
+    shoot(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook"), "completion.png")
+    page.keyboard.press("Enter")
+    page.keyboard.type("0.001")
+    assert cell_sources(page)[-1] == "%%finetune\nmodel: ftmagic/tiny-chat\nlearning_rate: 0.001"
+    # Fixed values complete after the colon: the task types.
+    page.keyboard.type("\ntask_type: CH")
+    popup.wait_for(timeout=30 * SECOND)
+    assert popup.locator("li").all_text_contents() == ["CHAT_COMPLETION"]
+    page.keyboard.press("Escape")
+    page.keyboard.press("Escape")
+
+
+@pytest.mark.timeout(300)
+def test_panel_model_error_and_copy_as_cell(lab: Lab, page: Any, notebook: Any) -> None:
+    type_new_cell(page, PANEL_CELL)
+    page.keyboard.press("Escape")
+    type_new_cell(page, "# after the panel")
+    page.keyboard.press("Escape")
+    before = cell_sources(page)
+    panel_index = before.index(PANEL_CELL)
+    cell = notebook.nth(panel_index)
+    run_cell(page, cell)
+    output = cell.locator(".jp-OutputArea-output")
+    output.get_by_role("button", name="Validate").click()
+    # The model's row holds its picker, the search box and the error, side by side.
+    model_row = output.locator(
+        ".widget-hbox", has=page.locator("input[placeholder='search models']")
+    )
+    error = model_row.locator(".widget-html-content", has_text="tokenizer cannot be loaded")
+    error.wait_for(timeout=60 * SECOND)
+    assert "meta-llama/Llama-3.2-1B" in error.inner_text()
+    shoot(cell, "panel-model-error.png")
+
+    output.get_by_role("button", name="Copy as cell").click()
+    page.wait_for_function(
+        "n => window.jupyterapp.shell.currentWidget.content.model.sharedModel.cells.length > n",
+        arg=len(before),
+        timeout=30 * SECOND,
+    )
+    after = cell_sources(page)
+    assert after[: panel_index + 1] == before[: panel_index + 1]
+    assert after[panel_index + 1].startswith("%%finetune\nmodel: meta-llama/Llama-3.2-1B\n")
+    assert after[panel_index + 2 :] == before[panel_index + 1 :]
+    output.get_by_text("the %%finetune cell is below the panel").wait_for(timeout=30 * SECOND)
+
+
+@pytest.mark.timeout(600)
+def test_sidebar_stats_and_streamed_chat(lab: Lab, page: Any, notebook: Any) -> None:
+    from ftmagic.tracking.run import list_runs
+
+    uri = f"sqlite:///{lab.root / 'mlflow.db'}"
+    known = set(sidebar_runs(page))
+    page.locator('.jp-SideBar .lm-TabBar-tab[data-id="ftmagic-runs"]').click()
+    run_cell(page, type_new_cell(page, TINY_RUN))
+    run_id = new_run_id(page, known)
+    wait_status(page, run_id, "COMPLETED", timeout=300)
+    run = next(r for r in list_runs(uri=uri) if r.run_id == run_id)
+    last_loss = run.metrics(["train/loss"])["train/loss"][-1][1]
+    item = page.locator(f'li.jp-ftmagic-run[data-run-id="{run_id}"]')
+    name = item.locator(".jp-ftmagic-run-name")
+    assert name.text_content() == run.name
+    assert name.evaluate("e => e.scrollWidth <= e.clientWidth")  # not cut off
+    assert item.locator(".jp-ftmagic-run-stats").text_content().startswith(f"loss {last_loss:.4f}")
+    shoot(page.locator("#ftmagic-runs .jp-ftmagic-runs-body"), "sidebar-stats.png")
+
+    chat = type_new_cell(page, "%ft chat")
+    run_cell(page, chat)
+    output = chat.locator(".jp-OutputArea-output")
+    box = output.locator("input[placeholder^='Say something']")
+    box.wait_for(timeout=60 * SECOND)
+    output.element_handle().evaluate(JS_WATCH_ANSWER)
+    box.fill("Find the drugs: aspirin and ibuprofen helped.")
+    box.press("Enter")
+    output.get_by_text("answering").wait_for(timeout=30 * SECOND)  # the spinner while it streams
+    assert output.get_by_role("button", name="Send").is_disabled()
+    output.get_by_text("answering").wait_for(state="detached", timeout=120 * SECOND)
+    answers = [a for a in page.evaluate("() => window.ftmagicAnswers") if a]
+    final = answers[-1]
+    assert len(answers) >= 3, answers  # at least two partial answers before the final one
+    assert all(final.startswith(a) for a in answers), answers
+    assert output.get_by_role("button", name="Send").is_enabled()
+    assert box.input_value() == ""
+    shoot(chat, "chat.png")
