@@ -54,9 +54,15 @@ def check(name: str, *, device_type: str) -> None:
             )
 
 
-def apply(model: Any, name: str) -> None:
-    """Switch a loaded Hugging Face model (or a PEFT wrapper of one) to ``name``."""
+def apply(model: Any, name: str, *, chosen_by_auto: bool = False) -> None:
+    """Switch a loaded Hugging Face model (or a PEFT wrapper of one) to ``name``. What ``auto``
+    chose gives way to the model's own default where the architecture refuses it (Gemma 2's
+    soft-capping needs eager attention, which transformers already picked)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base.config, "_attn_implementation", None) == name:
         return
-    base.set_attn_implementation(name)
+    try:
+        base.set_attn_implementation(name)
+    except ValueError:
+        if not chosen_by_auto:
+            raise

@@ -725,7 +725,7 @@ def setup(
 
         qlora.check(device_type=ctx.device.type)
     model = load_weights(config, resume_from)
-    attention.apply(model, attn)
+    attention.apply(model, attn, chosen_by_auto=config.attn_implementation == "auto")
     model.config.use_cache = False
     if config.task_type == "CHAT_COMPLETION":
         fix_stop_tokens(model, data.tokenizer, reporter)
