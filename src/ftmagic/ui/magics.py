@@ -146,6 +146,7 @@ class FinetuneMagics(Magics):
 
         %ft runs [--limit N] [--experiment PATH]   table of runs from MLflow
         %ft status [RUN]                           live view of a run (default: the last one)
+        %ft compare RUN RUN ...                    overlay the loss curves of several runs
         %ft cancel RUN                             ask a run to stop
         %ft models                                 the model catalog
         %ft panel                                  the fine-tuning panel
