@@ -112,20 +112,26 @@ def fast_fields(env: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return fields
 
 
-@pytest.fixture(scope="module")
-def kernel_spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A ``python3`` kernelspec that runs this interpreter (the venv's ipykernel), first on
-    ``JUPYTER_PATH``; kernels started by the module's tests see no test-only quieting switch
-    (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``), so ftmagic's own quieting is what is tested."""
+def write_kernelspec(root: Path) -> Path:
+    """Write a ``python3`` kernelspec under ``root`` that runs this interpreter (the venv's
+    ipykernel); put ``root`` first on ``JUPYTER_PATH`` to use it. Returns ``root``."""
     import json
     import sys
 
-    root = tmp_path_factory.mktemp("jupyter")
     spec = root / "kernels" / "python3"
     spec.mkdir(parents=True)
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     kernel = {"argv": argv, "display_name": "ftmagic tests", "language": "python"}
     (spec / "kernel.json").write_text(json.dumps(kernel))
+    return root
+
+
+@pytest.fixture(scope="module")
+def kernel_spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``python3`` kernelspec that runs this interpreter (the venv's ipykernel), first on
+    ``JUPYTER_PATH``; kernels started by the module's tests see no test-only quieting switch
+    (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``), so ftmagic's own quieting is what is tested."""
+    root = write_kernelspec(tmp_path_factory.mktemp("jupyter"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JUPYTER_PATH", str(root))
         mp.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
