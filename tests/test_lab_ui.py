@@ -267,9 +267,10 @@ def test_lab_extension_end_to_end(lab: Lab, page: Any) -> None:
 
 # --- field completion, the panel, the sidebar's stats and chat (one notebook, one kernel) ------
 
+# The bundled chat data: answers of several words, which the chat streams word by word.
 TINY_RUN = (
-    '%%finetune\nmodel: ftmagic/tiny-chat\ntrain_data_path: "{train}"\n'
-    f"training_duration: 20ba\ncheckpoint_interval: 20ba\n{FAST}"
+    '%%finetune\nmodel: ftmagic/tiny-chat\ntrain_data_path: "{chat_train}"\n'
+    f"training_duration: 60ba\ncheckpoint_interval: 60ba\n{FAST}"
 )
 PANEL_CELL = (
     "from ftmagic.config import RunConfig\nfrom ftmagic.ui.panel import Panel\n"
@@ -278,7 +279,10 @@ PANEL_CELL = (
 # Every text the chat's history shows for the model's answer, in order (one entry per change).
 JS_WATCH_ANSWER = """output => {
   window.ftmagicAnswers = [];
+  window.ftmagicSendDisabled = false;
   const record = () => {
+    const send = [...output.querySelectorAll('button')].find(b => b.textContent.trim() === 'Send');
+    if (send && send.disabled) { window.ftmagicSendDisabled = true; }
     const history = [...output.querySelectorAll('.widget-html-content')]
       .find(e => e.textContent.includes('you:'));
     if (!history) { return; }
@@ -292,6 +296,19 @@ JS_WATCH_ANSWER = """output => {
   new MutationObserver(record).observe(output, {subtree: true, childList: true,
     characterData: true});
 }"""
+
+
+def append_cell(page: Any, text: str) -> Any:
+    """Add a code cell at the end through the notebook's commands (a click on the last cell
+    could land in its widgets), type ``text`` into it key by key; returns the cell."""
+    page.evaluate(
+        """() => { const nb = window.jupyterapp.shell.currentWidget.content;
+        nb.mode = 'command'; nb.activeCellIndex = nb.widgets.length - 1; }"""
+    )
+    run_command(page, "notebook:insert-cell-below")
+    run_command(page, "notebook:enter-edit-mode")
+    page.keyboard.type(text)
+    return last_cell(page)
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +325,7 @@ def notebook(page: Any) -> Any:
 
 @pytest.mark.timeout(300)
 def test_field_names_complete_in_a_finetune_cell(lab: Lab, page: Any, notebook: Any) -> None:
-    type_new_cell(page, "%%finetune\nmodel: ftmagic/tiny-chat\nlear")
+    append_cell(page, "%%finetune\nmodel: ftmagic/tiny-chat\nlear")
     popup = page.locator(".cm-tooltip-autocomplete")
     popup.wait_for(timeout=30 * SECOND)
     assert popup.locator("li").all_text_contents() == ["learning_rate"]
@@ -326,9 +343,9 @@ def test_field_names_complete_in_a_finetune_cell(lab: Lab, page: Any, notebook: 
 
 @pytest.mark.timeout(300)
 def test_panel_model_error_and_copy_as_cell(lab: Lab, page: Any, notebook: Any) -> None:
-    type_new_cell(page, PANEL_CELL)
+    append_cell(page, PANEL_CELL)
     page.keyboard.press("Escape")
-    type_new_cell(page, "# after the panel")
+    append_cell(page, "# after the panel")
     page.keyboard.press("Escape")
     before = cell_sources(page)
     panel_index = before.index(PANEL_CELL)
@@ -365,7 +382,8 @@ def test_sidebar_stats_and_streamed_chat(lab: Lab, page: Any, notebook: Any) -> 
     uri = f"sqlite:///{lab.root / 'mlflow.db'}"
     known = set(sidebar_runs(page))
     page.locator('.jp-SideBar .lm-TabBar-tab[data-id="ftmagic-runs"]').click()
-    run_cell(page, type_new_cell(page, TINY_RUN))
+    run_cell(page, append_cell(page, 'chat_train = examples.path("chat", "train")'))
+    run_cell(page, append_cell(page, TINY_RUN))
     run_id = new_run_id(page, known)
     wait_status(page, run_id, "COMPLETED", timeout=300)
     run = next(r for r in list_runs(uri=uri) if r.run_id == run_id)
@@ -377,21 +395,25 @@ def test_sidebar_stats_and_streamed_chat(lab: Lab, page: Any, notebook: Any) -> 
     assert item.locator(".jp-ftmagic-run-stats").text_content().startswith(f"loss {last_loss:.4f}")
     shoot(page.locator("#ftmagic-runs .jp-ftmagic-runs-body"), "sidebar-stats.png")
 
-    chat = type_new_cell(page, "%ft chat")
+    chat = append_cell(page, "%ft chat")
     run_cell(page, chat)
     output = chat.locator(".jp-OutputArea-output")
     box = output.locator("input[placeholder^='Say something']")
-    box.wait_for(timeout=60 * SECOND)
+    try:
+        box.wait_for(timeout=60 * SECOND)
+    except Exception as err:
+        raise AssertionError(f"no chat box; the cell shows: {chat.inner_text()}") from err
     output.element_handle().evaluate(JS_WATCH_ANSWER)
-    box.fill("Find the drugs: aspirin and ibuprofen helped.")
+    box.fill("Add 3 butter, please.")  # as in the training data
     box.press("Enter")
     output.get_by_text("answering").wait_for(timeout=30 * SECOND)  # the spinner while it streams
-    assert output.get_by_role("button", name="Send").is_disabled()
     output.get_by_text("answering").wait_for(state="detached", timeout=120 * SECOND)
     answers = [a for a in page.evaluate("() => window.ftmagicAnswers") if a]
+    # At least two partial answers before the final one.
+    assert len(answers) >= 3, f"{answers}; the chat shows: {output.inner_text()}"
     final = answers[-1]
-    assert len(answers) >= 3, answers  # at least two partial answers before the final one
     assert all(final.startswith(a) for a in answers), answers
+    assert page.evaluate("() => window.ftmagicSendDisabled")  # disabled while it answered
     assert output.get_by_role("button", name="Send").is_enabled()
     assert box.input_value() == ""
     shoot(chat, "chat.png")

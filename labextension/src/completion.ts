@@ -67,7 +67,7 @@ export function finetuneCompletions(
   if (key) {
     const typed = key[1];
     const options = fields
-      .filter(f => f.name.startsWith(typed))
+      .filter(f => f.name.startsWith(typed) && f.name !== typed)
       .map(f => ({ label: f.name, type: 'property', info: f.help, apply: `${f.name}: ` }));
     return options.length ? { from: pos - typed.length, options } : null;
   }
@@ -75,8 +75,9 @@ export function finetuneCompletions(
   if (value) {
     const typed = value[2];
     const field = fields.find(f => f.name === value[1]);
+    // A value typed in full offers nothing, so Enter goes on to the next line.
     const options = (field?.values ?? [])
-      .filter(v => v.startsWith(typed))
+      .filter(v => v.startsWith(typed) && v !== typed)
       .map(v => ({ label: v, type: 'enum' }));
     return options.length ? { from: pos - typed.length, options } : null;
   }
@@ -99,7 +100,9 @@ export function finetuneSource(
       return null;
     }
     const found = finetuneCompletions(text, context.pos, await getFields());
-    return found ? { from: found.from, options: found.options, validFor: /^[\w./-]*$/ } : null;
+    // No `validFor`: the source is asked again on every key, so a value typed in full closes
+    // the list and Enter starts the next line instead of picking it.
+    return found ? { from: found.from, options: found.options } : null;
   };
 }
 
