@@ -10,7 +10,8 @@ from the sidebar (it ends STOPPED), insert a reattach cell and open the panel. S
 Then, in a notebook of their own on the same server and browser: field names complete as a
 ``%%finetune`` cell is typed, the panel shows a model error next to the model field and "Copy as
 cell" inserts the cell right below the panel, a short run is listed in the sidebar with its whole
-name and latest loss, and the chat box answers Enter with a streamed answer.
+name and latest loss, and the chat box answers Enter with a streamed answer (``docs/img/`` holds
+copies of ``completion.png``, ``sidebar-stats.png`` and ``chat.png``).
 """
 
 from __future__ import annotations

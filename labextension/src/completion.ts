@@ -66,8 +66,11 @@ export function finetuneCompletions(
   const key = KEY.exec(before);
   if (key) {
     const typed = key[1];
+    if (fields.some(f => f.name === typed)) {
+      return null; // a whole name: `:` comes next
+    }
     const options = fields
-      .filter(f => f.name.startsWith(typed) && f.name !== typed)
+      .filter(f => f.name.startsWith(typed))
       .map(f => ({ label: f.name, type: 'property', info: f.help, apply: `${f.name}: ` }));
     return options.length ? { from: pos - typed.length, options } : null;
   }
@@ -75,9 +78,12 @@ export function finetuneCompletions(
   if (value) {
     const typed = value[2];
     const field = fields.find(f => f.name === value[1]);
-    // A value typed in full offers nothing, so Enter goes on to the next line.
-    const options = (field?.values ?? [])
-      .filter(v => v.startsWith(typed) && v !== typed)
+    const values = field?.values ?? [];
+    if (values.includes(typed)) {
+      return null; // a whole value (even one that starts a longer one): Enter is a new line
+    }
+    const options = values
+      .filter(v => v.startsWith(typed))
       .map(v => ({ label: v, type: 'enum' }));
     return options.length ? { from: pos - typed.length, options } : null;
   }

@@ -10,7 +10,11 @@ import {
 } from '../completion';
 
 const FIELDS: IConfigField[] = [
-  { name: 'model', help: 'Model to fine-tune.', values: ['ftmagic/tiny-chat', 'Qwen/Qwen2.5-0.5B-Instruct'] },
+  {
+    name: 'model',
+    help: 'Model to fine-tune.',
+    values: ['ftmagic/tiny-chat', 'ftmagic/tiny-chatml', 'Qwen/Qwen2.5-0.5B-Instruct']
+  },
   { name: 'learning_rate', help: 'Peak learning rate.', values: [] },
   { name: 'lora_r', help: 'LoRA rank.', values: [] },
   { name: 'task_type', help: 'Task.', values: ['CHAT_COMPLETION', 'INSTRUCTION_FINETUNE', 'CONTINUED_PRETRAIN'] },
@@ -39,7 +43,7 @@ describe('finetuneCompletions', () => {
 
   it('offers a fixed-choice field its values after the colon', () => {
     expect(labels('%%finetune\ntask_type: C')).toEqual(['CHAT_COMPLETION', 'CONTINUED_PRETRAIN']);
-    expect(labels('%%finetune\nmodel: ftm')).toEqual(['ftmagic/tiny-chat']);
+    expect(labels('%%finetune\nmodel: ftm')).toEqual(['ftmagic/tiny-chat', 'ftmagic/tiny-chatml']);
     expect(labels('%%finetune\nbackend: ')).toEqual(['hf', 'native']);
   });
 
@@ -49,6 +53,8 @@ describe('finetuneCompletions', () => {
     expect(labels('%%finetune')).toBeNull();
     expect(labels('%%finetune\nlearning_rate: 1')).toBeNull();
     expect(labels('%%finetune\nzzz')).toBeNull();
+    expect(labels('%%finetune\nmodel: ftmagic/tiny-chat')).toBeNull(); // whole, though a prefix
+    expect(labels('%%finetune\nmodel')).toBeNull();
     expect(labels('%%finetune\nlear\nmodel: x', 4)).toBeNull(); // in the magic line
   });
 
