@@ -382,7 +382,7 @@ def test_sidebar_stats_and_streamed_chat(lab: Lab, page: Any, notebook: Any) -> 
 
     uri = f"sqlite:///{lab.root / 'mlflow.db'}"
     known = set(sidebar_runs(page))
-    page.locator('.jp-SideBar .lm-TabBar-tab[data-id="ftmagic-runs"]').click()
+    run_command(page, "ftmagic:show-runs")  # opens it, or keeps it open (a tab click toggles)
     run_cell(page, append_cell(page, 'chat_train = examples.path("chat", "train")'))
     run_cell(page, append_cell(page, TINY_RUN))
     run_id = new_run_id(page, known)
