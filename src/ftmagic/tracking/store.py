@@ -711,17 +711,8 @@ def log_generations(
 
 def read_generations(run_id: str, *, uri: str | None = None) -> list[dict[str, Any]]:
     """The eval-prompt generations table as rows ``{step, prompt, response}``."""
-    mlflow_client = client(uri)
-    root = local_artifact_dir(mlflow_client, run_id)
-    if root is not None:
-        path = root / GENERATIONS_FILE
-        text = path.read_text(encoding="utf-8") if path.exists() else None
-    else:
-        text = _remote_text(mlflow_client, run_id, GENERATIONS_FILE)
-    if not text:
-        return []
-    table = json.loads(text)
-    return [dict(zip(table["columns"], row, strict=False)) for row in table["data"]]
+    text = artifact_text(run_id, GENERATIONS_FILE, uri=uri)
+    return table_rows(json.loads(text)) if text else []
 
 
 def log_scored_generations(
@@ -738,19 +729,17 @@ def log_scored_generations(
 def read_scored_generations(run_id: str, *, uri: str | None = None) -> list[dict[str, Any]]:
     """The eval_metric's generations as rows ``{step, prompt, reference, prediction}``."""
     table = read_json(run_id, SCORED_FILE, uri=uri)
-    if not table:
-        return []
+    return table_rows(table) if table else []
+
+
+def table_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a table logged with ``log_table`` (``columns`` and ``data``) as dicts."""
     return [dict(zip(table["columns"], row, strict=False)) for row in table["data"]]
 
 
 def read_config_text(run_id: str, *, uri: str | None = None) -> str | None:
     """The run's ``config.yaml`` artifact, or None when it is missing."""
-    mlflow_client = client(uri)
-    root = local_artifact_dir(mlflow_client, run_id)
-    if root is not None:
-        path = root / CONFIG_FILE
-        return path.read_text(encoding="utf-8") if path.exists() else None
-    return _remote_text(mlflow_client, run_id, CONFIG_FILE)
+    return artifact_text(run_id, CONFIG_FILE, uri=uri)
 
 
 def log_json(run_id: str, data: dict[str, Any], name: str, *, uri: str | None = None) -> None:
@@ -760,14 +749,19 @@ def log_json(run_id: str, data: dict[str, Any], name: str, *, uri: str | None = 
 
 def read_json(run_id: str, name: str, *, uri: str | None = None) -> dict[str, Any] | None:
     """The run's JSON artifact ``name``, or None when it is missing."""
+    text = artifact_text(run_id, name, uri=uri)
+    return None if text is None else dict(json.loads(text))
+
+
+def artifact_text(run_id: str, name: str, *, uri: str | None = None) -> str | None:
+    """The text of the run's top-level artifact ``name``, or None when it is missing: read from
+    the artifact folder when it is local, else downloaded."""
     mlflow_client = client(uri)
     root = local_artifact_dir(mlflow_client, run_id)
-    if root is not None:
-        path = root / name
-        text = path.read_text(encoding="utf-8") if path.exists() else None
-    else:
-        text = _remote_text(mlflow_client, run_id, name)
-    return None if text is None else dict(json.loads(text))
+    if root is None:
+        return _remote_text(mlflow_client, run_id, name)
+    path = root / name
+    return path.read_text(encoding="utf-8") if path.exists() else None
 
 
 def _remote_text(mlflow_client: MlflowClient, run_id: str, name: str) -> str | None:
