@@ -45,10 +45,10 @@ TIMED_STEPS = 2
 DECODE_TOKENS = 8
 # Bookkeeping the measurements leave out: MLflow run status, events and tags (sqlite), thread
 # start-up and shutdown; and per checkpoint the commit (artifact metadata, tags).
-RUN_OVERHEAD_SECONDS = 1.0
+RUN_OVERHEAD_SECONDS = 0.15
 ESTIMATED_TAG = "ftmagic.estimated_seconds"
 TOOK_TAG = "ftmagic.took_seconds"
-CHECKPOINT_OVERHEAD_SECONDS = 0.2
+CHECKPOINT_OVERHEAD_SECONDS = 0.05
 
 
 @dataclass
