@@ -272,3 +272,8 @@ def test_gpu_check_cpu_smoke_runs_every_variant() -> None:
         loss = float(row.strip("| ").split(" | ")[-1])
         assert 5.0 < loss < 8.0  # about ln(1000) for a random model: it really trained a step
     assert "| ftmagic QLoRA, varlen, chunked loss | skipped: QLoRA needs CUDA |" in rows[3]
+    packing = dict(
+        line.split() for line in done.stdout.splitlines() if line.startswith(("  sdpa", "  eager"))
+    )
+    assert set(packing) == {"sdpa", "eager"}
+    assert all(float(diff) < 1e-4 for diff in packing.values()), packing
