@@ -81,8 +81,8 @@ def first_point_seconds(
 
 
 CLEAR_CACHES = (
-    "from ftmagic import catalog\nfrom ftmagic.data import validate as _v\n"
-    "catalog.clear_weights_cache()\n_v.clear_validation_cache()"
+    "from ftmagic.models import loading\nfrom ftmagic.data import validate as _v\n"
+    "loading.clear_weights_cache()\n_v.clear_validation_cache()"
 )
 
 

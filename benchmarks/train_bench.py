@@ -88,8 +88,8 @@ def ftmagic_config(data: Path, steps: int, *, packing: bool, seed: int = SEED) -
 
 
 def tokenized(config: Any) -> tuple[Any, list[Any]]:
-    from ftmagic.catalog import load_tokenizer
     from ftmagic.data.dataset import load_examples
+    from ftmagic.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(config.model)
     return tokenizer, load_examples(config, tokenizer, split="train")
@@ -169,7 +169,7 @@ def run_trl(data: Path, steps: int, warmup: int, *, packing: bool, seed: int) ->
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from ftmagic.catalog import load_model
+    from ftmagic.models.loading import load_model
 
     config = ftmagic_config(data, steps + warmup, packing=packing, seed=seed)
     tokenizer, examples = tokenized(config)

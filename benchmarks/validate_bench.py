@@ -24,10 +24,10 @@ from pathlib import Path
 
 import ftmagic
 from ftmagic import examples
-from ftmagic.catalog import load_tokenizer
 from ftmagic.data.counting import TokenCounter
 from ftmagic.data.readers import iter_records
 from ftmagic.data.validate import BATCH, batched
+from ftmagic.models.loading import load_tokenizer
 
 
 def conversations(seed: int) -> Iterator[dict]:

@@ -18,14 +18,14 @@ import pytest
 import torch
 
 import archs
-from ftmagic.catalog import load_model
 from ftmagic.config import RunConfig
 from ftmagic.data.packing import collate, collate_padded, pack
 from ftmagic.data.render import render, turn_closing
 from ftmagic.data.templates import end_of_turn_token
+from ftmagic.models.generation import load_for_inference, prompt_ids
+from ftmagic.models.loading import load_model
 from ftmagic.tracking import store
 from ftmagic.tracking.run import get_run
-from ftmagic.train.generation import load_for_inference, prompt_ids
 from ftmagic.train.trainer import train
 from test_packing import conversations
 

@@ -3,8 +3,8 @@ answer ``generate`` gives."""
 
 from __future__ import annotations
 
-from ftmagic.catalog import load_model, load_tokenizer
-from ftmagic.train.generation import generate
+from ftmagic.models.generation import generate
+from ftmagic.models.loading import load_model, load_tokenizer
 from ftmagic.ui.chat import stream_generate
 
 

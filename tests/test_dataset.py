@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from ftmagic.catalog import load_tokenizer, resolve_model
+from ftmagic.catalog import resolve_model
 from ftmagic.config import RunConfig
 from ftmagic.data.dataset import effective_context_length, load_examples
 from ftmagic.data.render import render
 from ftmagic.errors import DataError
+from ftmagic.models.loading import load_tokenizer
 
 CHATS = [
     {

@@ -253,7 +253,7 @@ def test_pretrain_folder_validates_and_warns_that_it_is_small() -> None:
 def test_drug_names_are_the_same_tokens_in_the_sentence_and_the_answer() -> None:
     """The tiny tokenizer keeps spaces apart, so a name the model must copy is the same tokens in
     the sentence (after a space) and in the JSON answer (after a quote)."""
-    from ftmagic.catalog import load_tokenizer
+    from ftmagic.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer("ftmagic/tiny-chat")
     for name in sorted(drugs_of("test") | drugs_of("train"))[::50]:

@@ -75,7 +75,7 @@ def test_sharegpt_is_converted_with_one_line(tmp_path: Path) -> None:
     assert_converted_once(report, "ShareGPT detected: from/value → role/content", len(QA))
     assert "human → user" in report.conversions[0] and "gpt → assistant" in report.conversions[0]
     assert report.system_prompt == SYSTEM
-    from ftmagic.catalog import load_tokenizer
+    from ftmagic.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(MODEL)
     examples = load_examples(config, tokenizer)

@@ -191,7 +191,7 @@ def _assert_close(resumed: dict[int, float], expected: dict[int, float]) -> None
 
 
 def test_checkpoint_holds_every_parameters_whole_moments(runs: dict[str, Any]) -> None:
-    from ftmagic.catalog import load_model
+    from ftmagic.models.loading import load_model
 
     model = load_model("ftmagic/tiny-chat")
     shapes = {name: p.shape for name, p in model.named_parameters()}

@@ -27,7 +27,7 @@ def first_word_match(predictions: Sequence[str], references: Sequence[str]) -> f
 def test_a_notebook_metric_scores_every_checkpoint_and_promote_registers_one(
     train_env: dict[str, Any],  # noqa: F811
 ) -> None:
-    from ftmagic.train.generation import generate, load_for_inference
+    from ftmagic.models.generation import generate, load_for_inference
 
     calls: list[tuple[list[str], list[str]]] = []
 

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import torch
 
-from ftmagic import catalog
 from ftmagic.config import RunConfig
 from ftmagic.data import validate as validation
+from ftmagic.models import loading
 
 
 def test_cached_weights_are_equal_but_independent() -> None:
-    catalog.clear_weights_cache()
-    first = catalog.load_model("ftmagic/tiny-chat")
-    second = catalog.load_model("ftmagic/tiny-chat")
-    assert len(catalog._weights_cache) == 1
+    loading.clear_weights_cache()
+    first = loading.load_model("ftmagic/tiny-chat")
+    second = loading.load_model("ftmagic/tiny-chat")
+    assert len(loading._weights_cache) == 1
     for (name, a), (_, b) in zip(
         first.state_dict().items(), second.state_dict().items(), strict=True
     ):
@@ -26,7 +26,7 @@ def test_cached_weights_are_equal_but_independent() -> None:
         assert a.data_ptr() != b.data_ptr(), name
     with torch.no_grad():
         next(first.parameters()).add_(1.0)  # training one run leaves the next run's base alone
-    third = catalog.load_model("ftmagic/tiny-chat")
+    third = loading.load_model("ftmagic/tiny-chat")
     assert torch.equal(next(third.parameters()), next(second.parameters()))
     assert not torch.equal(next(third.parameters()), next(first.parameters()))
 

@@ -147,7 +147,7 @@ def test_run_config_maps_to_the_setup() -> None:
 
 
 def test_estimate_for_a_catalog_model_reads_its_config_only() -> None:
-    from ftmagic.catalog import load_model
+    from ftmagic.models.loading import load_model
     from ftmagic.train.memory import estimate_for_run
 
     result = estimate_for_run(RunConfig(model="ftmagic/tiny-chat"), 512)

@@ -12,7 +12,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftmagic.catalog import load_model, load_tokenizer
 from ftmagic.data.packing import (
     PADDING_TARGET,
     auto_pack_length,
@@ -22,6 +21,7 @@ from ftmagic.data.packing import (
     padding_fraction,
 )
 from ftmagic.data.render import TokenizedExample, render
+from ftmagic.models.loading import load_model, load_tokenizer
 
 
 def test_pack_best_fit_decreasing_known_case() -> None:

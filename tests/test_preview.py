@@ -9,10 +9,10 @@ import re
 import pytest
 
 import ftmagic
-from ftmagic.catalog import load_tokenizer
 from ftmagic.data.preview import Preview, preview
 from ftmagic.data.render import render
 from ftmagic.errors import DataError
+from ftmagic.models.loading import load_tokenizer
 
 CHAT = {
     "messages": [

@@ -12,9 +12,9 @@ import pytest
 from mlflow import MlflowClient
 
 from fixtures_tracking import VENV_BIN, free_port, make_config, server_env, stop, wait_http
+from ftmagic.models.generation import generate
 from ftmagic.tracking import store
 from ftmagic.tracking.run import get_run
-from ftmagic.train.generation import generate
 
 pytestmark = pytest.mark.slow
 PROMPT = "Who are you?"
@@ -28,7 +28,7 @@ def uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in tiny chat model, saved as a trainer saves its final model."""
-    from ftmagic.catalog import load_model, load_tokenizer
+    from ftmagic.models.loading import load_model, load_tokenizer
 
     out = tmp_path_factory.mktemp("final-model")
     load_model("ftmagic/tiny-chat").save_pretrained(out)
@@ -92,8 +92,8 @@ def test_registered_model_loads_back_with_the_same_weights(
 ) -> None:
     import torch
 
-    from ftmagic.catalog import load_model
-    from ftmagic.train.generation import generate, load_for_inference
+    from ftmagic.models.generation import generate, load_for_inference
+    from ftmagic.models.loading import load_model
 
     monkeypatch.setenv("FTMAGIC_CACHE", str(tmp_path / "cache"))
     folder = store.resolve_weights("models:/main.default.tiny_ner/2", uri=uri)
@@ -115,7 +115,7 @@ def test_registered_model_loads_back_with_the_same_weights(
 def test_generate_from_a_checkpoint(uri: str, model_dir: Path) -> None:
     import shutil
 
-    from ftmagic.train.generation import generate, load_for_inference
+    from ftmagic.models.generation import generate, load_for_inference
 
     run_id = store.create_run(make_config(experiment_path="registry"), backend="inkernel", uri=uri)
     folder = store.checkpoint_dir(run_id, 7, uri=uri)
@@ -135,8 +135,8 @@ def test_lora_adapter_registers_with_a_reference_to_its_base(
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from ftmagic.catalog import load_model, load_tokenizer
-    from ftmagic.train.generation import generate, load_for_inference
+    from ftmagic.models.generation import generate, load_for_inference
+    from ftmagic.models.loading import load_model, load_tokenizer
 
     torch.manual_seed(0)
     adapter = tmp_path / "adapter"

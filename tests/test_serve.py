@@ -36,7 +36,7 @@ def group_members(pgid: int) -> list[int]:
 
 @pytest.fixture
 def tiny_model_dir(tmp_path: Path) -> Path:
-    from ftmagic.catalog import load_model, load_tokenizer
+    from ftmagic.models.loading import load_model, load_tokenizer
 
     out = tmp_path / "model"
     load_model("ftmagic/tiny-chat").save_pretrained(out)
@@ -52,7 +52,7 @@ def test_run_serve_round_trip_leaves_no_process(
     ipshell: TestingShell,  # noqa: F811
 ) -> None:
     """``%ft serve RUN`` (which calls ``run.serve()``): chat, then the Stop button."""
-    from ftmagic.train.generation import generate
+    from ftmagic.models.generation import generate
 
     config = make_config(register_to="main.default.served", experiment_path="serve")
     run_id = store.create_run(config, backend="inkernel")

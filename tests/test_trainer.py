@@ -35,8 +35,8 @@ def new_run(config: RunConfig) -> str:
 
 
 def prepared(config: RunConfig) -> PreparedData:
-    from ftmagic.catalog import load_tokenizer
     from ftmagic.data.dataset import load_examples
+    from ftmagic.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(config.model)
     return PreparedData(tokenizer, 2048, load_examples(config, tokenizer, split="train"), [])
@@ -176,8 +176,7 @@ def test_run_trains_exact_steps_and_loss_drops(train_env: dict[str, Any]) -> Non
     types = event_types(run_id)
     assert types.index("MODEL_INITIALIZED") < types.index("TRAIN_STARTED")
     assert types.count("CHECKPOINT_SAVED") == 2 and types[-1] == "COMPLETED"
-    from ftmagic.catalog import load_model
-    from ftmagic.train.checkpoint import model_folder
+    from ftmagic.models.loading import load_model, model_folder
 
     base = load_model(config.model).state_dict()
     tuned = load_model(str(model_folder(store.download_checkpoint(run_id)))).state_dict()

@@ -9,12 +9,12 @@ import pytest
 
 import ftmagic
 from ftmagic import examples
-from ftmagic.catalog import load_tokenizer
 from ftmagic.config import RunConfig
 from ftmagic.data.counting import TokenCounter
 from ftmagic.data.readers import iter_records, iter_text_files
 from ftmagic.data.render import chunk_texts, render
 from ftmagic.data.validate import Histogram, ValidationReport, validate
+from ftmagic.models.loading import load_tokenizer
 
 CHAT = examples.path("chat", "train")
 NER = examples.path("ner", "train")

@@ -146,8 +146,8 @@ def promote(
     (default: the run's own ``register_to``), or reuse the version already promoted from it; then
     point ``alias`` at it. Returns ``models:/name/version``."""
     from ftmagic.config import check_register_to
+    from ftmagic.models.loading import model_folder
     from ftmagic.tracking import store
-    from ftmagic.train.checkpoint import model_folder
 
     target = register_to or run.config.register_to
     if not target:

@@ -130,7 +130,7 @@ class Score:
 
 def score(model: Any, tokenizer: Any, config: RunConfig) -> Score | None:
     """The run's eval_metric on greedy generations for its eval sample; None without one."""
-    from ftmagic.train.generation import generate
+    from ftmagic.models.generation import generate
 
     if not config.eval_metric or not config.eval_data_path:
         return None

@@ -163,7 +163,7 @@ class Endpoint:
     def tokenizer(self) -> Any:
         """The served model's tokenizer (read once from the model's artifacts)."""
         if self._tokenizer is None:
-            from ftmagic.catalog import load_tokenizer
+            from ftmagic.models.loading import load_tokenizer
 
             self._tokenizer = load_tokenizer(str(_tokenizer_folder(self.model_uri, self)))
         return self._tokenizer

@@ -261,7 +261,7 @@ def measure(config: RunConfig, plan: Plan) -> Calibration:
     """Load the model as the trainer does and time a few real steps on the trainer's device."""
     import torch
 
-    from ftmagic.catalog import load_model, load_tokenizer
+    from ftmagic.models.loading import load_model, load_tokenizer
     from ftmagic.train.trainer import apply_lora, build_optimizer
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")

@@ -156,7 +156,8 @@ def preview(
     ``chat_turns="split"`` the record makes one example per assistant turn and ``turn`` picks
     which (the last by default).
     """
-    from ftmagic.catalog import load_tokenizer, resolve_model
+    from ftmagic.catalog import resolve_model
+    from ftmagic.models.loading import load_tokenizer
 
     task_type = str(task_type).upper()
     data = _as_record(example, task_type)

@@ -554,6 +554,7 @@ def _load_model(
     config: RunConfig, errors: ErrorLog, notes: list[str], advice: list[str]
 ) -> tuple[Any, Any]:
     from ftmagic import catalog
+    from ftmagic.models.loading import load_tokenizer
 
     if not config.model:
         errors.append(
@@ -578,7 +579,7 @@ def _load_model(
     if entry.kind == "unlisted":
         notes.append(entry.note)
     try:
-        return entry, catalog.load_tokenizer(config.model)
+        return entry, load_tokenizer(config.model)
     except FtmagicError as err:
         errors.append(DataError(str(err), source="config", field="model"))
         return entry, None

@@ -283,7 +283,7 @@ class Run:
     ) -> str:
         """Generate with the run's model: the registered model (else the last checkpoint), or
         checkpoint ``checkpoint`` (a step). The model is loaded once and kept on this Run."""
-        from ftmagic.train.generation import generate
+        from ftmagic.models.generation import generate
 
         model, tokenizer = self._loaded_model(checkpoint)
         return str(generate(model, tokenizer, prompt_or_messages, max_new_tokens=max_new_tokens))
@@ -393,7 +393,7 @@ def _param_value(text: str) -> Any:
 
 
 def _load_model_and_tokenizer(path: Path) -> tuple[Any, Any]:
-    from ftmagic.train.generation import load_for_inference
+    from ftmagic.models.generation import load_for_inference
 
     return load_for_inference(path)  # type: ignore[no-any-return]
 

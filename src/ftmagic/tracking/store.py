@@ -847,7 +847,7 @@ def _text_generation_pipeline(model_dir: Path) -> tuple[Any, str | None]:
     rather than the adapter-injected base weights)."""
     import transformers
 
-    from ftmagic.catalog import load_model
+    from ftmagic.models.loading import load_model
 
     adapter_config = model_dir / "adapter_config.json"
     base_path = None

@@ -122,19 +122,6 @@ def keyed_by_name(optimizer_state: dict[str, Any]) -> bool:
     return bool(params) and all(isinstance(param, str) for param in params)
 
 
-def model_folder(path: Path) -> Path:
-    """The loadable model inside a checkpoint or registered-model folder (or ``path`` itself)."""
-    path = Path(path)
-    for candidate in (path, path / "model"):
-        if (candidate / "config.json").exists() or (candidate / "adapter_config.json").exists():
-            return candidate
-    raise RunError(
-        f"{path} holds no model: expected config.json (full weights) or adapter_config.json "
-        "(LoRA) in it. Fix: point custom_weights_path at a checkpoint "
-        "folder, runs:/RUN_ID or models:/name/version"
-    )
-
-
 def capture_rng() -> dict[str, Any]:
     """The random states that training consumes (python, torch CPU, every CUDA device)."""
     import torch

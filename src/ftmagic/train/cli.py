@@ -198,9 +198,9 @@ def score_demo(model: str, count: int = DEMO_SCORED) -> dict[str, Any]:
     """Drug-name scores of ``model`` (a catalog name or a registered ``models:/`` URI) on the
     first ``count`` held-out test chats, none of whose drugs is in the training data."""
     from ftmagic import examples
-    from ftmagic.catalog import load_model, load_tokenizer
+    from ftmagic.models.generation import generate, load_for_inference
+    from ftmagic.models.loading import load_model, load_tokenizer
     from ftmagic.tracking import store
-    from ftmagic.train.generation import generate, load_for_inference
 
     if model.startswith("models:/"):
         weights, tokenizer = load_for_inference(store.download_registered_model(model))

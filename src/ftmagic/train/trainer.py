@@ -49,12 +49,12 @@ from typing import TYPE_CHECKING, Any
 
 from ftmagic.config import Duration, RunConfig, check_register_to
 from ftmagic.errors import FtmagicError, RunError
+from ftmagic.models.loading import model_folder
 from ftmagic.train.checkpoint import (
     CheckpointContents,
     TrainState,
     capture_rng,
     keyed_by_name,
-    model_folder,
     read_state,
     read_torch,
     restore_rng,
@@ -534,8 +534,9 @@ class PreparedData:
 def prepare_data(config: RunConfig, reporter: Reporter) -> PreparedData:
     """Check the model name and register_to, validate and tokenize the data: all before any
     weights load, so bad input fails in seconds."""
-    from ftmagic.catalog import load_tokenizer, resolve_model
+    from ftmagic.catalog import resolve_model
     from ftmagic.data.dataset import effective_context_length, load_examples
+    from ftmagic.models.loading import load_tokenizer
 
     entry = resolve_model(config.model)
     if config.register_to is not None:
@@ -609,7 +610,7 @@ def load_weights(config: RunConfig, resume_from: Path | None) -> Any:
     A LoRA folder given as custom weights is merged into its base so training continues from the
     weights it describes.
     """
-    from ftmagic.catalog import load_model
+    from ftmagic.models.loading import load_model
 
     if resume_from is not None and config.method == "full":
         return load_model(str(model_folder(resume_from)))
@@ -623,8 +624,8 @@ def load_weights(config: RunConfig, resume_from: Path | None) -> Any:
             )
         return load_4bit(config.model, gradient_checkpointing=config.gradient_checkpointing)
     if config.custom_weights_path:
+        from ftmagic.models.generation import load_for_inference
         from ftmagic.tracking import store
-        from ftmagic.train.generation import load_for_inference
 
         folder = Path(store.resolve_weights(config.custom_weights_path))
         model, _ = load_for_inference(folder)
@@ -1051,7 +1052,7 @@ def save_checkpoint(session: Session) -> None:
 
 def log_generations(session: Session) -> None:
     from ftmagic.data.formats import eval_prompt_inputs
-    from ftmagic.train.generation import generate_all
+    from ftmagic.models.generation import generate_all
 
     config = session.config
     with autocast(session):

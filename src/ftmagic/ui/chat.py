@@ -155,11 +155,11 @@ def checkpoint_options(run: Any, chosen: int | None) -> list[tuple[str, int | No
 
 
 def stream_generate(model: Any, tokenizer: Any, prompt: Any, max_new_tokens: int) -> Iterator[str]:
-    """Greedy generation, as ``ftmagic.train.generation.generate``, yielded as it is decoded."""
+    """Greedy generation, as ``ftmagic.models.generation.generate``, yielded as it is decoded."""
     import torch
     from transformers import TextIteratorStreamer
 
-    from ftmagic.train.generation import prompt_ids
+    from ftmagic.models.generation import prompt_ids
 
     ids = prompt_ids(tokenizer, prompt)
     input_ids = torch.tensor([ids], device=next(model.parameters()).device)

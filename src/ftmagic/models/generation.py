@@ -20,8 +20,7 @@ def load_for_inference(model_dir: str | Path) -> tuple[Any, Any]:
     A LoRA folder (``adapter_config.json``) is loaded onto its base model and merged, so callers
     always get a plain causal LM.
     """
-    from ftmagic.catalog import load_model, load_tokenizer
-    from ftmagic.train.checkpoint import model_folder
+    from ftmagic.models.loading import load_model, load_tokenizer, model_folder
 
     folder = model_folder(Path(model_dir))
     tokenizer = load_tokenizer(str(folder))

@@ -1,0 +1,1 @@
+"""Model loading and generation, below both ``ftmagic.train`` and ``ftmagic.tracking``."""
