@@ -271,7 +271,9 @@ def test_lab_extension_end_to_end(lab: Lab, page: Any) -> None:
 # The bundled chat data: answers of several words, which the chat streams word by word.
 TINY_RUN = (
     '%%finetune\nmodel: ftmagic/tiny-chat\ntrain_data_path: "{chat_train}"\n'
-    f"training_duration: 60ba\ncheckpoint_interval: 60ba\n{FAST}"
+    f"training_duration: 60ba\ncheckpoint_interval: 30ba\n"
+    'eval_prompts: ["Add 3 butter, please."]\n'
+    f"{FAST}"
 )
 PANEL_CELL = (
     "from ftmagic.config import RunConfig\nfrom ftmagic.ui.panel import Panel\n"
@@ -418,3 +420,23 @@ def test_sidebar_stats_and_streamed_chat(lab: Lab, page: Any, notebook: Any) -> 
     assert output.get_by_role("button", name="Send").is_enabled()
     assert box.input_value() == ""
     shoot(chat, "chat.png")
+
+    # Clicking the run's name opens its detail view: curves, checkpoints, generations, events.
+    name.click()
+    detail = page.locator(f'.jp-ftmagic-detail[data-run-id="{run_id}"]')
+    detail.wait_for(timeout=30 * SECOND)
+    assert detail.locator("h2").text_content() == run.name
+    assert detail.get_attribute("data-status") == "COMPLETED"
+    losses = run.metrics(["train/loss"])["train/loss"]
+    curve = detail.locator('figure[data-chart="Loss"] path.jp-ftmagic-curve-0')
+    assert curve.get_attribute("d").count(" L ") == len(losses) - 1
+    rows = detail.locator(".jp-ftmagic-checkpoints tbody tr")
+    assert [r.get_attribute("data-step") for r in rows.all()] == ["30", "60"]
+    generation = rows.nth(1).locator(".jp-ftmagic-generation")
+    assert generation.locator(".jp-ftmagic-prompt").text_content() == "Add 3 butter, please."
+    expected = next(g["response"] for g in run.generations() if g["step"] == 60)
+    assert generation.locator(".jp-ftmagic-response").text_content() == expected
+    events = detail.locator(".jp-ftmagic-events tbody tr")
+    types = [e.get_attribute("data-event") for e in events.all()]
+    assert types[0] == "CREATED" and "COMPLETED" in types, types
+    shoot(detail, "run-detail.png")

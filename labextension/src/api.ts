@@ -7,6 +7,7 @@ import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
 import { type IConfigField, parseFields } from './completion';
+import { type IRunDetail, parseDetail } from './detail';
 import { type IRunsPayload, parsePayload } from './model';
 
 async function request(path: string, init: RequestInit = {}): Promise<unknown> {
@@ -30,6 +31,15 @@ async function request(path: string, init: RequestInit = {}): Promise<unknown> {
 /** Every run the server's MLflow store holds, newest first. */
 export async function fetchRuns(): Promise<IRunsPayload> {
   return parsePayload(await request('runs'));
+}
+
+/** One run with its events, curves and checkpoints (for its detail view). */
+export async function fetchRun(runId: string): Promise<IRunDetail> {
+  const detail = parseDetail(await request(`runs/${encodeURIComponent(runId)}`));
+  if (detail === null) {
+    throw new Error(`run ${runId}: the server's answer is not a run`);
+  }
+  return detail;
 }
 
 /** Ask a run to stop (it ends as STOPPED after its current step). */

@@ -9,7 +9,7 @@ import {
   type JupyterFrontEnd,
   type JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette, Notification } from '@jupyterlab/apputils';
+import { ICommandPalette, MainAreaWidget, Notification } from '@jupyterlab/apputils';
 import { EditorExtensionRegistry, IEditorExtensionRegistry } from '@jupyterlab/codemirror';
 import { ILauncher } from '@jupyterlab/launcher';
 import type { Kernel } from '@jupyterlab/services';
@@ -22,6 +22,7 @@ import { isFinetuneCell } from './finetuneCell';
 import { finetuneHighlighting } from './highlight';
 import { runsIcon } from './icon';
 import { type IRunSummary, reattachCode } from './model';
+import { RunDetailWidget } from './runDetail';
 import { RunsSidebar } from './sidebar';
 
 const CATEGORY = 'Fine-tuning';
@@ -32,6 +33,9 @@ export namespace CommandIDs {
   export const openPanel = 'ftmagic:open-panel';
   export const showRuns = 'ftmagic:show-runs';
 }
+
+/** Opens one run's detail view; takes `{ id }`, so it is not in the palette. */
+export const OPEN_RUN = 'ftmagic:open-run';
 
 /** The sources of a notebook's code cells. */
 function codeSources(panel: NotebookPanel): string[] {
@@ -132,7 +136,8 @@ const runsPlugin: JupyterFrontEndPlugin<void> = {
         insertBelow(panel, [reattachCode(run)]);
       }
     };
-    const sidebar = new RunsSidebar(reattach);
+    const open = (run: IRunSummary) => void commands.execute(OPEN_RUN, { id: run.id });
+    const sidebar = new RunsSidebar(reattach, open);
     shell.add(sidebar, 'left', { rank: 650 });
     restorer?.add(sidebar, sidebar.id);
     // A %%finetune cell that ran has just created a run: show it without waiting for the poll.
@@ -198,6 +203,30 @@ const runsPlugin: JupyterFrontEndPlugin<void> = {
       label: 'Show fine-tuning runs',
       icon: runsIcon,
       execute: () => shell.activateById(sidebar.id)
+    });
+
+    commands.addCommand(OPEN_RUN, {
+      label: 'Open fine-tuning run',
+      execute: args => {
+        const id = String(args.id ?? '');
+        const existing = Array.from(shell.widgets('main')).find(w => w.id === `ftmagic-run-${id}`);
+        if (existing) {
+          shell.activateById(existing.id);
+          return;
+        }
+        const content = new RunDetailWidget(id);
+        const widget = new MainAreaWidget({ content });
+        widget.id = content.id;
+        widget.title.label = content.title.label;
+        widget.title.icon = runsIcon;
+        widget.title.closable = true;
+        content.changed.connect(() => {
+          widget.title.label = content.title.label;
+          widget.title.caption = content.title.caption;
+        });
+        shell.add(widget, 'main');
+        shell.activateById(widget.id);
+      }
     });
 
     // The panel's "Copy as cell" asks, over this comm, for a cell below the panel at once.

@@ -121,6 +121,7 @@ interface IRunItemProps {
   mlflowUiUrl: string | null;
   onCancel: (run: IRunSummary) => void;
   onReattach: (run: IRunSummary) => void;
+  onOpen: (run: IRunSummary) => void;
 }
 
 function RunItem(props: IRunItemProps): JSX.Element {
@@ -130,9 +131,13 @@ function RunItem(props: IRunItemProps): JSX.Element {
   const live = isLive(run.status);
   return (
     <li className="jp-ftmagic-run" data-run-id={run.id} data-status={run.status}>
-      <div className="jp-ftmagic-run-name" title={`${run.name} (${run.id})`}>
+      <button
+        className="jp-ftmagic-run-name"
+        title={`${run.name} (${run.id}): open its curves, events, checkpoints and generations`}
+        onClick={() => props.onOpen(run)}
+      >
         {run.name}
-      </div>
+      </button>
       <div className="jp-ftmagic-run-meta">
         <span className="jp-ftmagic-run-model">{run.model}</span>
         <span className="jp-ftmagic-run-start">{formatStart(run.created)}</span>
@@ -179,6 +184,7 @@ function RunItem(props: IRunItemProps): JSX.Element {
 function RunsView(props: {
   poller: RunsPoller;
   onReattach: (run: IRunSummary) => void;
+  onOpen: (run: IRunSummary) => void;
 }): JSX.Element {
   const { poller } = props;
   const { runs, mlflowUiUrl, trackingUri } = poller.payload;
@@ -214,6 +220,7 @@ function RunsView(props: {
             mlflowUiUrl={mlflowUiUrl}
             onCancel={r => void poller.cancel(r)}
             onReattach={props.onReattach}
+            onOpen={props.onOpen}
           />
         ))}
       </ul>
@@ -225,7 +232,10 @@ function RunsView(props: {
 export class RunsSidebar extends ReactWidget {
   readonly poller = new RunsPoller();
 
-  constructor(private _onReattach: (run: IRunSummary) => void) {
+  constructor(
+    private _onReattach: (run: IRunSummary) => void,
+    private _onOpen: (run: IRunSummary) => void
+  ) {
     super();
     this.id = 'ftmagic-runs';
     this.addClass('jp-ftmagic-runs');
@@ -236,7 +246,9 @@ export class RunsSidebar extends ReactWidget {
   render(): JSX.Element {
     return (
       <UseSignal signal={this.poller.changed}>
-        {() => <RunsView poller={this.poller} onReattach={this._onReattach} />}
+        {() => (
+          <RunsView poller={this.poller} onReattach={this._onReattach} onOpen={this._onOpen} />
+        )}
       </UseSignal>
     );
   }

@@ -4,7 +4,8 @@ REST API under ``/ftmagic/api/`` (Jupyter's auth on every handler, Jupyter's XSR
 
 - ``GET runs``: the store's runs, newest first, each with its progress and a downsampled
   ``train/loss`` series, plus the tracking URI and the MLflow UI URL (when one is known).
-- ``GET runs/<id>``: one run, with its events.
+- ``GET runs/<id>``: one run for its detail view: events, curves (loss, eval loss, learning
+  rate, tokens/s) and its checkpoints with their eval loss, metric and generations.
 - ``POST runs/<id>/cancel``: ask a run to stop.
 - ``GET fields``: the ``%%finetune`` config fields (name, help, the values of fixed-choice
   fields), read from ``RunConfig`` and the model catalog, for the editor's completion.
@@ -174,13 +175,55 @@ def _get_run(run_id: str, ext: FtmagicExtension) -> Any:
         raise tornado.web.HTTPError(404, reason="Run not found") from None
 
 
+DETAIL_CURVES = ("train/loss", "eval/loss", "train/lr", "train/tokens_per_s")
+DETAIL_POINTS = 400
+
+
 def run_detail(run_id: str, ext: FtmagicExtension) -> dict[str, Any]:
+    """One run for its detail view: the summary, every event, the curves (each downsampled to
+    ``DETAIL_POINTS``) and a row per checkpoint with its eval loss, metric and generations."""
     run = _get_run(run_id, ext)
     events = [
         {"type": e.type, "time": e.time.isoformat(), "message": e.message, "step": e.step}
         for e in run.events
     ]
-    return {**summarize(run, ext), "events": events}
+    series = run.metrics(list(DETAIL_CURVES))
+    curves = {name: downsample(series.get(name, []), DETAIL_POINTS) for name in DETAIL_CURVES}
+    return {
+        **summarize(run, ext),
+        "events": events,
+        "curves": curves,
+        **checkpoint_rows(run),
+    }
+
+
+def checkpoint_rows(run: Any) -> dict[str, Any]:
+    """The run's checkpoints as the gallery sees them, each with the eval prompts' generations
+    (or the eval metric's scored ones)."""
+    from ftmagic.checkpoint_gallery import gallery
+
+    shown = gallery(run)
+    plain: dict[int, list[dict[str, str]]] = {}
+    for row in run.generations():
+        plain.setdefault(int(row["step"]), []).append(
+            {"prompt": str(row["prompt"]), "response": str(row["response"])}
+        )
+    rows = []
+    for row in shown.rows:
+        scored = [
+            {"prompt": str(g["prompt"]), "response": str(g["prediction"])} for g in row.generations
+        ]
+        rows.append(
+            {
+                "step": row.step,
+                "eval_loss": row.eval_loss,
+                "metric": row.metric,
+                "best": row.best,
+                "models": row.models,
+                "generations": scored or plain.get(row.step, []),
+            }
+        )
+    return {"metric_name": shown.metric_name, "checkpoints": rows}
 
 
 def cancel_run(run_id: str, ext: FtmagicExtension) -> dict[str, Any]:
