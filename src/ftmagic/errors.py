@@ -7,6 +7,10 @@ it without a traceback.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from typing import Any
+
 
 class FtmagicError(Exception):
     """Base of all user-facing errors. ``str(err)`` is the complete message."""
@@ -30,7 +34,7 @@ class ConfigError(FtmagicError, ValueError):
         self.suggestion = suggestion
         parts = [f"config field '{field}': {message}"]
         if value is not None:
-            parts.append(f"got {shorten(repr(value))}")
+            parts.append(f"got {brief(value)}")
         if allowed:
             parts.append(f"allowed: {allowed}")
         if suggestion:
@@ -75,7 +79,7 @@ class DataError(FtmagicError, ValueError):
     def describe(self) -> str:
         text = f"{self.location}: {self.rule}"
         if self.value is not None:
-            text += f" (value: {shorten(repr(self.value))})"
+            text += f" (value: {brief(self.value)})"
         if self.fix:
             text += f". Fix: {self.fix}"
         return text
@@ -86,7 +90,7 @@ class DataError(FtmagicError, ValueError):
             "line": self.line,
             "field": self.field,
             "rule": self.rule,
-            "value": None if self.value is None else shorten(repr(self.value)),
+            "value": None if self.value is None else brief(self.value),
             "fix": self.fix,
         }
 
@@ -110,3 +114,51 @@ class RunError(FtmagicError):
 def shorten(text: str, limit: int = 80) -> str:
     """Cut ``text`` to ``limit`` characters, marking the cut with an ellipsis."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def brief(value: object, limit: int = 80) -> str:
+    """``shorten(repr(value), limit)``, built from no more than ``limit`` characters of pieces: a
+    YAML bomb's few hundred bytes can alias billions of items, so a full ``repr`` never ends."""
+    text = ""
+    for piece in _repr_pieces(value, limit):
+        text += piece
+        if len(text) > limit:
+            break
+    return shorten(text, limit)
+
+
+def _repr_pieces(value: object, limit: int) -> Iterator[str]:
+    """``repr(value)`` in pieces, lazily, for the built-in containers YAML makes."""
+    kind = type(value)
+    if kind in (list, tuple, set, frozenset, dict):
+        items: Any = value.items() if isinstance(value, dict) else value  # type: ignore[attr-defined]
+        if kind in (set, frozenset) and not items:
+            yield f"{kind.__name__}()"
+            return
+        opening, closing = _BRACKETS[kind]
+        yield opening
+        for number, item in enumerate(items):
+            yield ", " if number else ""
+            if kind is dict:
+                yield from _repr_pieces(item[0], limit)
+                yield ": "
+                item = item[1]
+            yield from _repr_pieces(item, limit)
+        yield "," if kind is tuple and len(items) == 1 else ""
+        yield closing
+    elif isinstance(value, int) and value.bit_length() > 256:
+        # repr is quadratic in the digits, and refused past 4300 of them
+        yield f"<a number of about {int(value.bit_length() * math.log10(2)) + 1:,} digits>"
+    elif isinstance(value, (str, bytes, bytearray)):
+        yield repr(value[: limit + 1])
+    else:
+        yield repr(value)
+
+
+_BRACKETS = {
+    list: ("[", "]"),
+    tuple: ("(", ")"),
+    set: ("{", "}"),
+    frozenset: ("frozenset({", "})"),
+    dict: ("{", "}"),
+}
