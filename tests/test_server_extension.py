@@ -187,14 +187,14 @@ async def test_unknown_api_path_is_json_404(jp_fetch: Any, uri: str) -> None:
 
 
 async def test_fields_are_the_run_configs_with_help_and_choices(jp_fetch: Any, uri: str) -> None:
-    from ftmagic.config import TASK_TYPES, RunConfig
+    from ftmagic.config import RunConfig, TaskType
 
     fields = (await get_json(jp_fetch, "fields"))["fields"]
     assert [f["name"] for f in fields] == RunConfig.field_names()
     by_name = {f["name"]: f for f in fields}
     assert by_name["learning_rate"]["help"] == RunConfig.help()["learning_rate"]
     assert by_name["learning_rate"]["values"] == []
-    assert by_name["task_type"]["values"] == list(TASK_TYPES)
+    assert by_name["task_type"]["values"] == list(TaskType)
     assert by_name["model"]["values"][0] == "ftmagic/tiny-base"  # the catalog, tiny models first
     assert "ftmagic/tiny-chat" in by_name["model"]["values"]
 

@@ -20,6 +20,8 @@ the trainer, so a half-written checkpoint is never listed or used.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import random
@@ -72,31 +74,127 @@ class CheckpointContents:
 def write_checkpoint(folder: Path, contents: CheckpointContents) -> Path:
     """Write ``contents`` into ``folder`` atomically (temporary name, then rename).
 
-    Raises ``RunError`` naming the folder when it cannot be written; the folders of earlier
+    Raises ``RunError`` naming the folder when it cannot be written, and saying how much space it
+    needs when the disk is full; nothing of the attempt is left behind, and the folders of earlier
     checkpoints are left as they are.
     """
-    import torch
-
     partial = folder.with_name(folder.name + ".partial")
     try:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        contents.model.save_pretrained(partial, state_dict=contents.model_state)
-        contents.tokenizer.save_pretrained(partial)
-        torch.save(contents.optimizer_state, partial / "optimizer.pt")
-        torch.save(contents.scheduler_state, partial / "scheduler.pt")
-        torch.save(contents.rng_state, partial / "rng.pt")
-        (partial / STATE_FILE).write_text(json.dumps(contents.state.to_dict(), indent=1))
-        (partial / "config.yaml").write_text(contents.config_yaml)
+        _write_files(partial, contents)
         shutil.rmtree(folder, ignore_errors=True)
         os.rename(partial, folder)
-    except OSError as err:
+    except BaseException as err:
         shutil.rmtree(partial, ignore_errors=True)
-        raise RunError(
-            f"cannot write checkpoint folder {folder}: {err.strerror or err}. Fix: make it "
-            "writable or free some space; earlier checkpoints are intact"
-        ) from None
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # the empty folder the store made for this step
+        if no_space_left(err):
+            raise RunError(
+                f"no space left on device while writing checkpoint step {contents.state.step} "
+                f"(needs about {_megabytes(checkpoint_bytes(contents))}) in {folder.parent}. "
+                "Fix: free some space there; earlier checkpoints are intact"
+            ) from None
+        if isinstance(err, OSError):
+            raise RunError(
+                f"cannot write checkpoint folder {folder}: {err.strerror or err}. Fix: make it "
+                "writable or free some space; earlier checkpoints are intact"
+            ) from None
+        raise
     return folder
+
+
+def _write_files(partial: Path, contents: CheckpointContents) -> None:
+    import torch
+
+    contents.model.save_pretrained(partial, state_dict=contents.model_state)
+    contents.tokenizer.save_pretrained(partial)
+    torch.save(contents.optimizer_state, partial / "optimizer.pt")
+    torch.save(contents.scheduler_state, partial / "scheduler.pt")
+    torch.save(contents.rng_state, partial / "rng.pt")
+    (partial / STATE_FILE).write_text(json.dumps(contents.state.to_dict(), indent=1))
+    (partial / "config.yaml").write_text(contents.config_yaml)
+
+
+# What a full disk looks like besides OSError(ENOSPC): torch.save's zip writer reports a short
+# write as "unexpected pos", safetensors reports the Rust I/O error kind.
+_NO_SPACE_TEXTS = (
+    "no space left on device",
+    "unexpected pos",
+    "storagefull",
+    "disk quota exceeded",
+)
+
+
+def no_space_left(err: BaseException) -> bool:
+    """Whether ``err`` (or an error it was raised from) says the disk is full.
+
+    >>> import errno
+    >>> no_space_left(OSError(errno.ENOSPC, "No space left on device"))
+    True
+    >>> no_space_left(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64"))
+    True
+    >>> no_space_left(OSError(errno.EACCES, "Permission denied"))
+    False
+    """
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(seen).lower() for text in _NO_SPACE_TEXTS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def checkpoint_bytes(contents: CheckpointContents) -> int:
+    """About the bytes a checkpoint of ``contents`` takes: its weights (the adapter's alone for
+    LoRA) and the optimizer, scheduler and RNG states."""
+    weights = contents.model_state
+    if weights is None:
+        weights = contents.model.state_dict()
+    if hasattr(contents.model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        weights = get_peft_model_state_dict(contents.model, state_dict=weights)
+    states = (contents.optimizer_state, contents.scheduler_state, contents.rng_state)
+    return tensor_bytes(weights) + sum(tensor_bytes(s) for s in states)
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in ``value`` (nested dicts, lists and tuples), each storage once.
+
+    >>> import torch
+    >>> weight = torch.zeros(4, 8)
+    >>> tensor_bytes({"a": weight, "b": [weight, torch.zeros(2, dtype=torch.float64)], "c": 1})
+    144
+    """
+    seen: set[int] = set()
+
+    def walk(item: Any) -> int:
+        if isinstance(item, dict):
+            return sum(walk(v) for v in item.values())
+        if isinstance(item, (list, tuple)):
+            return sum(walk(v) for v in item)
+        if hasattr(item, "untyped_storage") and hasattr(item, "nbytes"):
+            key = item.untyped_storage().data_ptr()
+            if key in seen:
+                return 0
+            seen.add(key)
+            return int(item.nbytes)
+        return 0
+
+    return walk(value)
+
+
+def _megabytes(size: int) -> str:
+    """``size`` bytes in MB, as a message shows them.
+
+    >>> _megabytes(7_340_032), _megabytes(123_456_789_000)
+    ('7.3 MB', '123,457 MB')
+    """
+    mb = size / 1e6
+    return f"{mb:.1f} MB" if mb < 100 else f"{mb:,.0f} MB"
 
 
 def read_state(folder: Path) -> TrainState:
