@@ -288,8 +288,8 @@ def build_model(variant: Variant, shape: ModelShape, device: Any, bf16: bool) ->
 
     from ftmagic.config import RunConfig
     from ftmagic.train import attention
+    from ftmagic.train.builders import apply_lora
     from ftmagic.train.distributed import apply_fsdp2
-    from ftmagic.train.trainer import apply_lora
 
     name = attention.resolve(
         "auto" if variant.varlen else "sdpa", device_type=device.type, packing=True
@@ -327,7 +327,8 @@ def bench_ftmagic(
     import torch
 
     from ftmagic.config import RunConfig
-    from ftmagic.train.trainer import build_optimizer, loss_sum
+    from ftmagic.train.builders import build_optimizer
+    from ftmagic.train.loss import loss_sum
 
     cuda = device.type == "cuda"
     skipped = _skip_reason(variant, cuda)

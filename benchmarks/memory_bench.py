@@ -87,7 +87,7 @@ def measure_step(spec: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from ftmagic.train.trainer import loss_sum
+    from ftmagic.train.loss import loss_sum
 
     torch.set_num_threads(1)
     model = tiny_llama(spec["vocab"], spec["hidden"], spec["layers"])
@@ -191,7 +191,7 @@ ESTIMATE_CASES: list[tuple[str, int, int, int, int, str, bool, int]] = [
 def warm_up_imports(method: str) -> None:
     """Import and run what a step uses once on a throwaway model, so the modules and kernels
     it loads lazily are not counted as the step's memory."""
-    from ftmagic.train.trainer import loss_sum
+    from ftmagic.train.loss import loss_sum
 
     model = tiny_llama(64, 32, 1)
     if method == "lora":
@@ -209,7 +209,7 @@ def measure_run(spec: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from ftmagic.train.trainer import loss_sum
+    from ftmagic.train.loss import loss_sum
 
     torch.set_num_threads(1)
     warm_up_imports(spec["method"])

@@ -103,6 +103,8 @@ def run_ftmagic(
 ) -> dict[str, Any]:
     from ftmagic.train import trainer
     from ftmagic.train.distributed import setup as setup_distributed
+    from ftmagic.train.loop import train_loop
+    from ftmagic.train.reporter import MlflowReporter
 
     config = ftmagic_config(data, steps + warmup, packing=packing, seed=seed)
     tokenizer, examples = tokenized(config)
@@ -111,7 +113,7 @@ def run_ftmagic(
         from ftmagic.tracking import store
 
         run_id = store.create_run(config, backend="inkernel")
-    reporter = trainer.Reporter(run_id, enabled=mlflow)
+    reporter = MlflowReporter(run_id, enabled=mlflow)
     reporter.start_heartbeat()  # as trainer.train does; nothing without MLflow
     prepared = trainer.PreparedData(tokenizer, 2048, examples, [])
     ctx = setup_distributed(config)
@@ -128,7 +130,7 @@ def run_ftmagic(
     reader = threading.Thread(target=live_reader, args=(run_id, stop_reader), daemon=True)
     if mlflow:
         reader.start()
-    trainer.train_loop(session, None, on_step)
+    train_loop(session, None, on_step)
     reporter.close()
     stop_reader.set()
     counted = session.plan.steps[warmup:]
@@ -145,11 +147,11 @@ def run_ftmagic(
 def batch_slots(session: Any, step: Any) -> int:
     """Token slots (real and pad) of a step's micro-batches: padded rows are as long as the
     longest in their micro-batch, packed rows are ``pack_length``."""
-    from ftmagic.train import trainer
+    from ftmagic.train.loop import rank_micro_batches
 
     plan = session.plan
     total = 0
-    for rows, _weight in trainer.rank_micro_batches(session, step):
+    for rows, _weight in rank_micro_batches(session, step):
         total += len(rows) * max(plan.row_width(r) for r in rows)
     return total
 

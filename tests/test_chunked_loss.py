@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftmagic.train.loss import chunked_loss, supports_chunking
-from ftmagic.train.trainer import loss_sum
+from ftmagic.train.loss import chunked_loss, loss_sum, supports_chunking
 
 VOCAB = 3001
 

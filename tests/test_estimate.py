@@ -21,8 +21,8 @@ train_env = fixtures_train.train_env
 
 def test_steps_come_from_the_trainers_plan(train_env: dict[str, Any]) -> None:
     from ftmagic.data.dataset import load_examples
+    from ftmagic.data.plan import make_plan
     from ftmagic.models.loading import load_tokenizer
-    from ftmagic.train.trainer import make_plan
 
     tokenizer = load_tokenizer("ftmagic/tiny-chat")
     for changes in (

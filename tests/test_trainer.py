@@ -13,17 +13,15 @@ import torch
 import fixtures_train
 from fixtures_train import event_types, fast_config, losses_of
 from ftmagic.config import RunConfig
+from ftmagic.data.plan import DataPlan, collate_rows, make_plan
 from ftmagic.data.render import TokenizedExample
 from ftmagic.train import trainer
 from ftmagic.train.distributed import setup as setup_distributed
-from ftmagic.train.trainer import (
-    PreparedData,
-    Reporter,
-    collate_rows,
-    loss_sum,
-    make_plan,
-    train,
-)
+from ftmagic.train.loop import StepReport, apply_step, rank_micro_batches, run_step
+from ftmagic.train.loss import loss_sum
+from ftmagic.train.reporter import MlflowReporter
+from ftmagic.train.session import Session
+from ftmagic.train.trainer import PreparedData, train
 
 train_env = fixtures_train.train_env
 
@@ -42,16 +40,17 @@ def prepared(config: RunConfig) -> PreparedData:
     return PreparedData(tokenizer, 2048, load_examples(config, tokenizer, split="train"), [])
 
 
-def session_for(config: RunConfig, data: PreparedData | None = None) -> trainer.Session:
+def session_for(config: RunConfig, data: PreparedData | None = None) -> Session:
     """A ready-to-step session without MLflow (the reporter is disabled)."""
     data = data or prepared(config)
     ctx = setup_distributed(config)
-    return trainer.setup(config, "no-run", ctx, Reporter("no-run", enabled=False), data, None)
+    reporter = MlflowReporter("no-run", enabled=False)
+    return trainer.setup(config, "no-run", ctx, reporter, data, None)
 
 
-def one_step(session: trainer.Session) -> float:
-    loss, _ = trainer.run_step(session, session.plan.steps[0])
-    trainer.apply_step(session)
+def one_step(session: Session) -> float:
+    loss, _ = run_step(session, session.plan.steps[0])
+    apply_step(session)
     return loss
 
 
@@ -68,16 +67,16 @@ def test_gradient_accumulation_matches_one_big_batch(train_env: dict[str, Any]) 
     sessions = [session_for(c, data) for c in (whole, split)]
     step = sessions[0].plan.steps[0]
     assert step == sessions[1].plan.steps[0]
-    parts = [len(trainer.rank_micro_batches(s, step)) for s in sessions]
+    parts = [len(rank_micro_batches(s, step)) for s in sessions]
     assert parts[0] == 1 and parts[1] >= 3
-    losses = [trainer.run_step(s, step)[0] for s in sessions]
+    losses = [run_step(s, step)[0] for s in sessions]
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     grads = [[p.grad.clone() for p in s.model.parameters()] for s in sessions]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     before = {k: v.detach().clone() for k, v in sessions[0].model.named_parameters()}
     for s in sessions:
-        trainer.apply_step(s)
+        apply_step(s)
     after = [dict(s.model.named_parameters()) for s in sessions]
     moved = 0.0
     for name, start in before.items():
@@ -99,7 +98,7 @@ def test_untrained_tokens_change_nothing(train_env: dict[str, Any]) -> None:
     results = []
     for first in (untrained, rewritten):
         session.model.zero_grad(set_to_none=True)
-        plan = trainer.DataPlan([first, b], [[0, 1]], 1024, [], set(), "")
+        plan = DataPlan([first, b], [[0, 1]], 1024, [], set(), "")
         loss = loss_sum(session.model, collate_rows(plan, [0], session.pad_id))
         loss.backward()
         results.append((loss.item(), [p.grad.clone() for p in session.model.parameters()]))
@@ -113,8 +112,8 @@ def test_packed_and_unpacked_loss_equal(train_env: dict[str, Any]) -> None:
     config = fast_config(train_env)
     session = session_for(config)
     examples = session.plan.examples[:12]
-    packed = trainer.DataPlan(examples, [list(range(6)), list(range(6, 12))], 2048, [], set(), "")
-    padded = trainer.DataPlan(examples, [[i] for i in range(12)], None, [], set(), "")
+    packed = DataPlan(examples, [list(range(6)), list(range(6, 12))], 2048, [], set(), "")
+    padded = DataPlan(examples, [[i] for i in range(12)], None, [], set(), "")
     with torch.no_grad():
         packed_loss = loss_sum(session.model, collate_rows(packed, [0, 1], session.pad_id))
         padded_loss = loss_sum(session.model, collate_rows(padded, list(range(12)), session.pad_id))
@@ -261,7 +260,7 @@ def test_unwritable_checkpoint_folder_keeps_earlier_checkpoints(train_env: dict[
     run_id = new_run(config)
     blocked = store.local_artifact_dir(store.client(), run_id) / "checkpoints" / "step-0000004"
 
-    def block_folder(report: trainer.StepReport) -> None:
+    def block_folder(report: StepReport) -> None:
         if report.step == 3:
             blocked.write_text("in the way")
 
@@ -296,7 +295,7 @@ def test_stop_event_ends_stopped_with_a_checkpoint(train_env: dict[str, Any]) ->
     run_id = new_run(config)
     stop = threading.Event()
 
-    def stop_at_three(report: trainer.StepReport) -> None:
+    def stop_at_three(report: StepReport) -> None:
         if report.step == 3:
             stop.set()
 

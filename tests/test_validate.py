@@ -125,7 +125,7 @@ def test_steps_are_the_trainers_and_time_is_calibrated(tmp_path: Path) -> None:
     """Steps come from the trainer's packing plan (not full rows); the time from a measured
     calibration, split by phase (the estimate's accuracy is tested in test_estimate)."""
     from ftmagic.data.dataset import load_examples
-    from ftmagic.train.trainer import make_plan
+    from ftmagic.data.plan import make_plan
 
     data = tmp_path / "ner.jsonl"
     with open(NER, encoding="utf-8") as handle:

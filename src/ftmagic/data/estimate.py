@@ -1,8 +1,8 @@
 """How many steps a run takes and how long, from the trainer's own plan and measured speeds.
 
-Steps come from the trainer's data plan (the same packing, step grouping and checkpoint marks,
-``ftmagic.train.trainer``'s pure planning functions) applied to the validated example lengths, so
-the estimate counts the steps the run will take, not full rows.
+Steps come from the trainer's data plan (the same packing, step grouping and checkpoint marks of
+``ftmagic.data.plan``) applied to the validated example lengths, so the estimate counts the steps
+the run will take, not full rows.
 
 Time is the sum of the run's phases, each from a measurement on this machine's device:
 
@@ -16,8 +16,8 @@ Time is the sum of the run's phases, each from a measurement on this machine's d
 A calibration is cached per model and device under ``$FTMAGIC_CACHE/estimates``, keyed by what
 changes the speed (method, row shape, precision, gradient checkpointing).
 
-This module reaches up into ``ftmagic.train`` lazily, and only for the estimate: the plan and the
-training step must be the trainer's own, or the estimate drifts from what runs.
+This module reaches up into ``ftmagic.train`` lazily, and only to time the training step: it must
+be the trainer's own, or the estimate drifts from what runs.
 """
 
 from __future__ import annotations
@@ -34,6 +34,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftmagic.data.plan import (
+    build_rows,
+    checkpoint_steps,
+    micro_batches,
+    plan_steps,
+    resolve_pack_length,
+)
 from ftmagic.errors import FtmagicError
 
 if TYPE_CHECKING:
@@ -137,14 +144,6 @@ def plan_run(
     config: RunConfig, lengths: Sequence[int], eval_lengths: Sequence[int], context_length: int
 ) -> Plan:
     """The trainer's plan for these lengths: steps, checkpoints and batch tokens (with padding)."""
-    from ftmagic.train.trainer import (
-        build_rows,
-        checkpoint_steps,
-        micro_batches,
-        plan_steps,
-        resolve_pack_length,
-    )
-
     if not lengths:
         raise FtmagicError("no examples to plan a run for")
     pack_length = resolve_pack_length(lengths, config, context_length)
@@ -262,7 +261,7 @@ def measure(config: RunConfig, plan: Plan) -> Calibration:
     import torch
 
     from ftmagic.models.loading import load_model, load_tokenizer
-    from ftmagic.train.trainer import apply_lora, build_optimizer
+    from ftmagic.train.builders import apply_lora, build_optimizer
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     start = time.perf_counter()
@@ -327,7 +326,7 @@ def _time_steps(
 ) -> tuple[float, float]:
     import torch
 
-    from ftmagic.train.trainer import loss_sum
+    from ftmagic.train.loss import loss_sum
 
     micro_times, step_times = [], []
     for number in range(WARMUP_STEPS + TIMED_STEPS):
@@ -349,7 +348,7 @@ def _time_steps(
 def _time_forward(model: Any, batch: dict[str, Any], device: Any, dtype: Any) -> float:
     import torch
 
-    from ftmagic.train.trainer import loss_sum
+    from ftmagic.train.loss import loss_sum
 
     times = []
     model.eval()

@@ -634,8 +634,8 @@ def _estimate_memory(
     report: ValidationReport, config: RunConfig, lengths: list[int], context: int
 ) -> None:
     """Peak memory per device from the model's config and the plan's row width."""
+    from ftmagic.data.plan import resolve_pack_length
     from ftmagic.train.memory import estimate_for_run
-    from ftmagic.train.trainer import resolve_pack_length
 
     row = resolve_pack_length(lengths, config, context) or max(lengths, default=context)
     try:

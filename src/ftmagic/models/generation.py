@@ -20,18 +20,19 @@ def load_for_inference(model_dir: str | Path) -> tuple[Any, Any]:
     A LoRA folder (``adapter_config.json``) is loaded onto its base model and merged, so callers
     always get a plain causal LM.
     """
-    from ftmagic.models.loading import load_model, load_tokenizer, model_folder
+    from ftmagic.models.loading import (
+        is_adapter,
+        load_adapter_model,
+        load_model,
+        load_tokenizer,
+        model_folder,
+    )
 
     folder = model_folder(Path(model_dir))
-    tokenizer = load_tokenizer(str(folder))
-    adapter_config = folder / "adapter_config.json"
-    if not adapter_config.exists():
-        return load_model(str(folder)), tokenizer
-    from peft import PeftModel
-
-    base_name = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-    model = PeftModel.from_pretrained(load_model(base_name), str(folder))
-    return model.merge_and_unload(), tokenizer
+    if not is_adapter(folder):
+        return load_model(str(folder)), load_tokenizer(str(folder))
+    model = load_adapter_model(folder)
+    return model.merge_and_unload(), load_tokenizer(str(folder))
 
 
 def prompt_ids(tokenizer: Any, prompt: str | Messages, *, chat: bool | None = None) -> list[int]:

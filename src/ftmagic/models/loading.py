@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import copy
 import functools
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,40 @@ def model_folder(path: Path) -> Path:
         "(LoRA) in it. Fix: point custom_weights_path at a checkpoint "
         "folder, runs:/RUN_ID or models:/name/version"
     )
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def is_adapter(folder: Path) -> bool:
+    """Whether ``folder`` holds a LoRA adapter (rather than full weights)."""
+    return (Path(folder) / ADAPTER_CONFIG).exists()
+
+
+def adapter_weights(folder: Path) -> Path:
+    """The adapter's safetensors file in ``folder``. An adapter saved only as
+    ``adapter_model.bin`` (a pickle, which can run code as it loads) is refused."""
+    folder = Path(folder)
+    path = folder / ADAPTER_WEIGHTS
+    if path.exists():
+        return path
+    found = "only adapter_model.bin" if (folder / "adapter_model.bin").exists() else "no weights"
+    raise ModelError(
+        f"LoRA adapter {folder} holds {found}: ftmagic loads adapters from "
+        f"{ADAPTER_WEIGHTS} only. Fix: convert it to safetensors, e.g. load it with peft "
+        "(PeftModel.from_pretrained) and save it with save_pretrained(folder, "
+        "safe_serialization=True)"
+    )
+
+
+def load_adapter_model(folder: Path, *, trainable: bool = False) -> Any:
+    """The LoRA adapter in ``folder`` on its base model (a peft model), from safetensors only.
+
+    ``trainable`` keeps the adapter's weights trainable (peft freezes them otherwise)."""
+    from peft import PeftModel
+
+    folder = Path(folder)
+    adapter_weights(folder)
+    base = json.loads((folder / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    return PeftModel.from_pretrained(load_model(base), str(folder), is_trainable=trainable)

@@ -18,6 +18,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+
+from ftmagic.train.distributed import unwrap
 
 IGNORE_INDEX = -100
 
@@ -86,3 +89,28 @@ def chunked_loss(model: Any, labels: torch.Tensor, chunk_tokens: int) -> Iterato
             head.forward = own
         else:
             del head.forward
+
+
+def loss_sum(model: Any, batch: dict[str, Any], chunk_tokens: int = 0) -> torch.Tensor:
+    """Sum of the token cross-entropies over the trained labels of ``batch``.
+
+    Computed from the logits (not the model's own mean loss) so that the caller decides the
+    normaliser. ``use_cache=False`` makes transformers honour the example boundaries that the
+    packed ``position_ids`` mark. With ``chunk_tokens`` the full-vocabulary logits of the whole
+    micro-batch never exist: the output layer computes the loss that many positions at a time.
+    """
+    inputs = {"input_ids": batch["input_ids"], "use_cache": False}
+    for name in ("position_ids", "attention_mask"):
+        if batch.get(name) is not None:
+            inputs[name] = batch[name]
+    if chunk_tokens and supports_chunking(unwrap(model)):
+        with chunked_loss(unwrap(model), batch["labels"], chunk_tokens):
+            return model(**inputs).logits  # type: ignore[no-any-return]
+    logits = model(**inputs).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
