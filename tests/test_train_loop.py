@@ -17,7 +17,7 @@ from ftmagic.data.dataset import load_examples
 from ftmagic.models.loading import load_model, load_tokenizer
 from ftmagic.train.checkpoint import read_state
 from ftmagic.train.distributed import setup as setup_distributed
-from ftmagic.train.loop import StepReport, train_loop
+from ftmagic.train.loop import StepReport, divergence_reason, train_loop
 from ftmagic.train.trainer import PreparedData, setup
 
 train_env = fixtures_train.train_env
@@ -138,3 +138,19 @@ def test_loop_reports_to_the_reporter_it_is_given(
         assert torch.equal(saved_weights[name], value), name
     assert reporter.statuses == []  # the recipe, not the loop, sets the status
     assert mlflow_run_count() == runs_before
+
+
+@pytest.mark.timeout(30)
+def test_divergence_is_refused_with_advice() -> None:
+    config = RunConfig(learning_rate=0.002, max_grad_norm=0.0)
+    assert divergence_reason(3.0, 2.0, 10, [3.1, 2.9, 3.0], 2, config) is None
+    assert divergence_reason(float("inf"), 2.0, 10, [3.0], 2, config) == (
+        "loss became inf at step 10: lower learning_rate (now 0.002) or set max_grad_norm "
+        "(now 0, no clipping)"
+    )
+    reason = divergence_reason(3.0, float("nan"), 4, [], 0, config.replace(max_grad_norm=1.0))
+    assert reason == "gradient norm became NaN at step 4: lower learning_rate (now 0.002)"
+    spiked = divergence_reason(16.0, 2.0, 10, [3.0, 3.2, 2.8], 2, config)
+    assert spiked is not None and spiked.startswith("loss spiked to 16 at step 10")
+    assert divergence_reason(16.0, 2.0, 2, [3.0], 2, config) is None  # in warmup
+    assert divergence_reason(0.04, 2.0, 10, [0.005], 2, config) is None  # small absolute rise
