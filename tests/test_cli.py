@@ -88,11 +88,12 @@ def test_field_options_override_yaml(tmp_path: Path) -> None:
 
 
 def test_parse_value_keeps_text_fields_as_text() -> None:
-    assert parse_value("yes", "str") == "yes"
-    assert parse_value("123", "str | None") == "123"
-    assert parse_value("null", "str | None") is None
-    assert parse_value("yes", "bool") is True
-    assert parse_value("0.5", "float | None") == 0.5
+    assert parse_value("yes", "model") == "yes"
+    assert parse_value("123", "experiment_path") == "123"
+    assert parse_value("null", "experiment_path") is None
+    assert parse_value("yes", "packing") is True
+    assert parse_value("0.5", "learning_rate") == 0.5
+    assert parse_value("[q_proj, v_proj]", "lora_target_modules") == ["q_proj", "v_proj"]
 
 
 def test_train_help_lists_every_field(capsys: pytest.CaptureFixture[str]) -> None:

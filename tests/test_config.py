@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+
 import pytest
 
-from ftmagic.config import DatasetStats, Duration, RunConfig
+from ftmagic.config import DatasetStats, Duration, RunConfig, TaskType
 from ftmagic.errors import ConfigError
 
 FULL = {
@@ -135,3 +138,58 @@ def test_help_covers_every_field() -> None:
     assert list(help_text) == RunConfig.field_names()
     assert all(isinstance(text, str) and len(text) > 10 for text in help_text.values())
     assert "3ep" in help_text["training_duration"]
+
+
+@pytest.mark.timeout(10)
+def test_json_schema_gives_each_fields_help_type_choices_default_and_bounds() -> None:
+    properties = RunConfig.json_schema()["properties"]
+    assert list(properties) == RunConfig.field_names()
+    for name, prop in properties.items():
+        assert prop["description"] == RunConfig.help()[name]
+        assert prop["group"] in ("run", "data", "method", "optim", "backend")
+        assert "type" in prop or "anyOf" in prop, name
+    assert properties["task_type"]["enum"] == list(TaskType)
+    assert properties["task_type"]["default"] == "CHAT_COMPLETION"
+    assert properties["lora_target_modules"]["default"] == ["all-linear"]
+    assert (properties["lora_rank"]["minimum"], properties["lora_rank"]["maximum"]) == (1, 65_536)
+    assert properties["learning_rate"]["anyOf"][0]["maximum"] == 100
+    assert properties["training_duration"]["duration_limits"]["ep"] == 100_000
+    RunConfig.json_schema()["properties"].clear()  # a copy: callers cannot change the schema
+    assert RunConfig.json_schema()["properties"]
+
+
+@pytest.mark.timeout(10)
+def test_task_type_is_one_str_enum() -> None:
+    config = RunConfig(task_type="instruction_finetune")
+    assert config.task_type == TaskType.INSTRUCTION_FINETUNE == "INSTRUCTION_FINETUNE"
+    assert f"{TaskType.CONTINUED_PRETRAIN}" == "CONTINUED_PRETRAIN"
+    assert config.to_yaml().count("task_type: INSTRUCTION_FINETUNE") == 1
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("field", RunConfig.field_names())
+def test_wrong_type_for_any_field_is_a_config_error(field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig(**{field: {"a": object()}})
+    assert info.value.field == field
+    assert "config field" in str(info.value)
+
+
+@pytest.mark.timeout(10)
+def test_unknown_keyword_gets_did_you_mean() -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig(model="m", lora_rnk=8)
+    assert info.value.field == "lora_rnk"
+    assert "did you mean 'lora_rank'?" in str(info.value)
+
+
+@pytest.mark.timeout(10)
+def test_copies_validate_like_construction() -> None:
+    config = RunConfig(model="m", seed=4)
+    copied = dataclasses.replace(config, method="LoRA")
+    assert (copied.method, copied.seed) == ("lora", 4)
+    assert pickle.loads(pickle.dumps(copied)) == copied
+    with pytest.raises(ConfigError, match="at most 4294967295"):
+        dataclasses.replace(config, seed=2**32)
+    with pytest.raises(ConfigError, match="at least 1"):
+        config.replace(lora_rank=0)

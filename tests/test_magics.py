@@ -285,6 +285,18 @@ def completions_at_end(ipshell: TestingShell, text: str) -> list[str]:
         return [c.text for c in found]
 
 
+@pytest.mark.timeout(30)
+def test_completion_values_come_from_the_json_schema() -> None:
+    from ftmagic.config import TaskType
+    from ftmagic.ui.completion import field_values
+
+    assert field_values("task_type") == list(TaskType)
+    assert field_values("chat_turns") == ["all", "last", "split"]
+    assert field_values("data_parallel") == ["auto", "ddp", "fsdp2"]
+    assert field_values("packing") == ["true", "false"]
+    assert field_values("learning_rate") == field_values("no_such_field") == []
+
+
 def test_config_fields_and_values_complete_in_finetune_cells(ipshell: TestingShell) -> None:
     assert completions_at_end(ipshell, "%%finetune\nmodel: ftmagic/tiny-chat\nlear") == [
         "learning_rate"

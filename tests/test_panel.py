@@ -63,6 +63,23 @@ def test_form_widgets_follow_field_types_and_help(panel: Panel) -> None:
     assert any(label.startswith("meta-llama/Meta-Llama-3-8B") for label in retired), retired
 
 
+@pytest.mark.timeout(30)
+def test_form_rows_follow_the_json_schema() -> None:
+    from ftmagic.ui.fields import FieldRow
+
+    for name, prop in RunConfig.json_schema()["properties"].items():
+        if name == "model":
+            continue
+        row = FieldRow(name, prop)
+        assert row.widget.tooltip == prop["description"], name
+        if "enum" in prop:
+            assert type(row.widget) is widgets.Dropdown, name
+            assert list(row.widget.options) == prop["enum"], name
+    assert FieldRow("columns", RunConfig.json_schema()["properties"]["columns"]).kind == (
+        "optional-text"
+    )
+
+
 def test_ftmagic_panel_starts_from_a_config(ui_env: dict[str, Any]) -> None:
     import ftmagic
 

@@ -9,7 +9,6 @@ option per ``RunConfig`` field, whose help is the field's own help text.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import os
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ftmagic.config import RunConfig
+from ftmagic.config import RunConfig, TaskType, schema_fields, value_type
 from ftmagic.errors import ConfigError, FtmagicError
 
 GROUP_TITLES = {
@@ -29,7 +28,6 @@ GROUP_TITLES = {
     "optim": "optimisation fields",
     "backend": "backend fields",
 }
-TEXT_TYPES = ("str", "str | None")
 VERBOSE_HELP = "show third-party progress bars, warnings and logs (default: Python logging only)"
 
 
@@ -124,19 +122,16 @@ def _config_command(commands: Any, name: str, help: str) -> argparse.ArgumentPar
 def add_field_options(parser: argparse.ArgumentParser) -> None:
     """One ``--field-name VALUE`` option per RunConfig field, grouped, with the field's help."""
     groups: dict[str, Any] = {}
-    defaults = RunConfig()
-    for field in dataclasses.fields(RunConfig):
-        group_name = field.metadata.get("group", "run")
+    for name, prop in schema_fields().items():
+        group_name = prop.get("group", "run")
         if group_name not in groups:
             groups[group_name] = parser.add_argument_group(GROUP_TITLES.get(group_name, group_name))
-        default = getattr(defaults, field.name)
-        text = field.metadata["help"] + (
-            f" (default: {default})" if default not in ("", None) else ""
-        )
-        flag = {"nargs": "?", "const": "true"} if field.name == "verbose" else {}
+        default = prop.get("default")
+        text = prop["description"] + (f" (default: {default})" if default not in ("", None) else "")
+        flag = {"nargs": "?", "const": "true"} if name == "verbose" else {}
         groups[group_name].add_argument(
-            "--" + field.name.replace("_", "-"),
-            dest=f"field_{field.name}",
+            "--" + name.replace("_", "-"),
+            dest=f"field_{name}",
             metavar="VALUE",
             default=argparse.SUPPRESS,
             help=text.replace("%", "%%"),
@@ -147,22 +142,22 @@ def add_field_options(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The YAML config (if any) with the ``--field`` options applied on top."""
     overrides = {}
-    types = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
     for key, raw in vars(args).items():
         if key.startswith("field_"):
             name = key[len("field_") :]
-            overrides[name] = parse_value(raw, types[name])
+            overrides[name] = parse_value(raw, name)
     if args.config is None and not overrides:
         raise ConfigError("<config>", "no config given", suggestion="pass a YAML file or --model")
     base = RunConfig.from_file(args.config).to_dict() if args.config else {}
     return RunConfig.from_dict({**base, **overrides})
 
 
-def parse_value(raw: str, annotation: str) -> Any:
+def parse_value(raw: str, name: str) -> Any:
     """A command-line value as YAML (numbers, booleans, lists), but text fields stay text."""
-    if raw.strip().lower() in ("null", "~", "none") and "None" in annotation:
+    kind, nullable = value_type(schema_fields()[name])
+    if raw.strip().lower() in ("null", "~", "none") and nullable:
         return None
-    if annotation in TEXT_TYPES:
+    if kind == "string":
         return raw
     try:
         return yaml.safe_load(raw)
@@ -210,7 +205,7 @@ def _first_examples(config: RunConfig, count: int) -> list[tuple[str, Any]]:
     path = config.train_data_path
     if not path:
         raise ConfigError("train_data_path", "is not set", suggestion="set it in the YAML")
-    if config.task_type == "CONTINUED_PRETRAIN" and not looks_like_record_source(path):
+    if config.task_type == TaskType.CONTINUED_PRETRAIN and not looks_like_record_source(path):
         return list(islice(iter_text_files(path), count))
     return [(f"{r.source}:{r.line}", r.data) for r in islice(iter_records(path), count)]
 

@@ -14,21 +14,19 @@ VALUE = re.compile(r"\s*([A-Za-z_]+)\s*:\s*(\S*)")
 
 
 def field_values(name: str) -> list[str]:
-    """The values a field takes from a fixed list ([] for free-form fields)."""
-    from ftmagic import config
-    from ftmagic.ui.fields import CHOICES
+    """The values a field takes from a fixed list ([] for free-form fields), from the config's
+    JSON schema: its ``enum``, or true and false for a boolean."""
+    from ftmagic.config import schema_fields, value_type
 
     if name == "model":
         import ftmagic
         from ftmagic.ui.form import model_order
 
         return [e.name for e in sorted(ftmagic.get_models(), key=model_order) if not e.retired]
-    if name == "data_parallel" and hasattr(config, "DATA_PARALLEL"):
-        return list(config.DATA_PARALLEL)
-    if name in CHOICES:
-        return list(CHOICES[name])
-    kinds = {f: str(t) for f, t in config.RunConfig.__annotations__.items()}
-    return ["true", "false"] if kinds.get(name) == "bool" else []
+    prop = schema_fields().get(name, {})
+    if "enum" in prop:
+        return list(prop["enum"])
+    return ["true", "false"] if prop and value_type(prop)[0] == "boolean" else []
 
 
 def finetune_completions(full_text: str, line: int, before_cursor: str) -> tuple[str, list[str]]:

@@ -1,32 +1,23 @@
 """One form row per ``RunConfig`` field: a widget chosen from the field's type, and an error line.
 
-The widget kind comes from the dataclass annotation (``bool`` -> Checkbox, ``int`` -> IntText,
-``float`` -> FloatText, ``list[str]`` -> Textarea, one item a line, ``X | None`` -> Text where empty
-means the default) or from the field's fixed choices (Dropdown). The help text is the tooltip.
+The widget kind comes from the field's JSON schema (``RunConfig.json_schema()``): ``boolean`` ->
+Checkbox, ``integer`` -> IntText, ``number`` -> FloatText, ``array`` -> Textarea, one item a line,
+nullable -> Text where empty means the default, ``enum`` (fixed choices) -> Dropdown. The help text
+(the schema's ``description``) is the tooltip.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import html
-from types import MappingProxyType
 from typing import Any
 
 import ipywidgets as widgets
 
-from ftmagic.config import BACKENDS, METHODS, PRECISIONS, SCHEDULES, TASK_TYPES, RunConfig
+from ftmagic.config import schema_fields, value_type
 from ftmagic.errors import ConfigError
 from ftmagic.ui.errors import message_html
 
-CHOICES = MappingProxyType(
-    {
-        "task_type": TASK_TYPES,
-        "method": METHODS,
-        "precision": PRECISIONS,
-        "lr_schedule": SCHEDULES,
-        "backend": BACKENDS,
-    }
-)
+KINDS = {"boolean": "bool", "integer": "int", "number": "float", "array": "list"}
 DESCRIPTION_WIDTH = "150px"
 FIELD_WIDTH = "460px"
 
@@ -34,11 +25,11 @@ FIELD_WIDTH = "460px"
 class FieldRow(widgets.HBox):
     """The input widget for one config field, with its error shown to the right."""
 
-    def __init__(self, field: dataclasses.Field[Any], options: list[Any] | None = None) -> None:
-        self.name = field.name
-        self.kind = field_kind(field)
-        self.widget = _make_widget(self.kind, field.name, options)
-        self.widget.tooltip = field.metadata["help"]
+    def __init__(self, name: str, prop: dict[str, Any], options: list[Any] | None = None) -> None:
+        self.name = name
+        self.kind = field_kind(name, prop)
+        self.widget = _make_widget(self.kind, name, options or prop.get("enum"))
+        self.widget.tooltip = prop["description"]
         self.error = widgets.HTML()
         super().__init__([self.widget, self.error])
 
@@ -73,20 +64,18 @@ class FieldRow(widgets.HBox):
         self.error.value = ""
 
 
-def field_kind(field: dataclasses.Field[Any]) -> str:
-    """``choice``, ``bool``, ``int``, ``float``, ``list``, ``text`` or ``optional-<type>``."""
-    annotation = str(field.type).replace(" ", "")
-    if field.name in CHOICES or field.name == "model":
+def field_kind(name: str, prop: dict[str, Any]) -> str:
+    """``choice``, ``bool``, ``int``, ``float``, ``list``, ``text`` or ``optional-<kind>``."""
+    if "enum" in prop or name == "model":
         return "choice"
-    if annotation.endswith("|None"):
-        return "optional-" + annotation.removesuffix("|None")
-    if annotation.startswith("list"):
-        return "list"
-    return {"bool": "bool", "int": "int", "float": "float"}.get(annotation, "text")
+    json_type, nullable = value_type(prop)
+    kind = KINDS.get(json_type, "text")
+    return f"optional-{kind}" if nullable else kind
 
 
-def config_fields() -> dict[str, dataclasses.Field[Any]]:
-    return {f.name: f for f in dataclasses.fields(RunConfig)}
+def config_fields() -> dict[str, dict[str, Any]]:
+    """Each ``RunConfig`` field's JSON schema, in declaration order."""
+    return schema_fields()
 
 
 def _make_widget(kind: str, name: str, options: list[Any] | None) -> widgets.Widget:
@@ -96,7 +85,7 @@ def _make_widget(kind: str, name: str, options: list[Any] | None) -> widgets.Wid
         "layout": {"width": FIELD_WIDTH},
     }
     if kind == "choice":
-        return widgets.Dropdown(options=options or list(CHOICES.get(name, ())), **common)
+        return widgets.Dropdown(options=options or [], **common)
     if kind == "bool":
         return widgets.Checkbox(indent=True, **common)
     if kind == "int":

@@ -87,8 +87,8 @@ class ConfigForm(widgets.VBox):
     def __init__(self, config: RunConfig | None = None) -> None:
         fields = config_fields()
         self.rows = {
-            name: FieldRow(field, model_options() if name == "model" else None)
-            for name, field in fields.items()
+            name: FieldRow(name, prop, model_options() if name == "model" else None)
+            for name, prop in fields.items()
         }
         self.message = widgets.HTML()
         self.model_search = self._model_search()
