@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from fixtures_tracking import VENV_BIN, free_port, make_config, server_env, stop, wait_http
+from fixtures_tracking import (
+    VENV_BIN,
+    free_port,
+    make_config,
+    mlflow_server,
+    server_env,
+    stop,
+    wait_http,
+)
 from ftmagic.models.generation import generate
 from ftmagic.tracking import store
 from ftmagic.tracking.run import get_run
@@ -110,6 +118,34 @@ def test_registered_model_loads_back_with_the_same_weights(
     run = get_run(registered["b"], uri=uri)
     assert run.generate(PROMPT, max_new_tokens=8) == expected
     assert isinstance(expected, str) and expected
+
+
+@pytest.mark.timeout(300)
+def test_registers_into_a_tracking_server_with_only_its_client(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mlflow's global tracking URI points elsewhere (the suite's SQLite store); the model goes to
+    the server named by ``uri``, artifacts proxied over HTTP, and the run stays RUNNING."""
+    import mlflow
+
+    monkeypatch.setenv("FTMAGIC_CACHE", str(tmp_path / "cache"))
+    with mlflow_server(
+        tmp_path / "server.db", tmp_path / "art", free_port(), tmp_path / "log", proxied=True
+    ) as http:
+        run_id = store.create_run(make_config(experiment_path="remote"), backend="ray", uri=http)
+        store.set_status(run_id, "RUNNING", uri=http)
+        ref = store.register_model(run_id, model_dir, "main.remote.tiny", "tiny", uri=http)
+        assert ref == "models:/main.remote.tiny/1"
+        client = MlflowClient(tracking_uri=http, registry_uri=http)
+        version = client.get_model_version("main.remote.tiny", "1")
+        assert version.run_id == run_id
+        assert client.get_run(run_id).info.status == "RUNNING"
+        folder = store.resolve_weights(ref, uri=http)
+        assert (folder / "model.safetensors").read_bytes() == (
+            model_dir / "model.safetensors"
+        ).read_bytes()
+    assert mlflow.get_tracking_uri() != http
+    assert mlflow.active_run() is None
 
 
 def test_generate_from_a_checkpoint(uri: str, model_dir: Path) -> None:

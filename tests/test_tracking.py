@@ -4,6 +4,9 @@ checkpoint commit protocol and weights resolution, all on real MLflow stores."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -114,14 +117,68 @@ def test_unknown_status_is_refused(uri: str) -> None:
         store.set_status(run_id, "done", uri=uri)
 
 
-def test_event_numbers_keep_order_past_ten(uri: str) -> None:
+def test_events_keep_their_order_past_ten(uri: str) -> None:
     run_id = store.create_run(make_config(), backend="inkernel", uri=uri)
     for i in range(12):
         store.add_event(run_id, "STEP", f"event {i}", step=i, uri=uri)
-    tags = MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
-    assert "ftmagic.event.0013" in tags
-    events = store.parse_events(tags)
+    events = store.parse_events(MlflowClient(tracking_uri=uri).get_run(run_id).data.tags)
     assert [e.step for e in events[1:]] == list(range(12))
+
+
+def test_numbered_events_of_older_runs_are_read_in_time_order(uri: str) -> None:
+    run_id = store.create_run(make_config(), backend="inkernel", uri=uri)
+    client = MlflowClient(tracking_uri=uri)
+    for number, (kind, when) in enumerate(
+        [("RUNNING", "2020-01-01T00:00:02+00:00"), ("EVAL", "2020-01-01T00:00:03+00:00")], 2
+    ):
+        value = json.dumps({"type": kind, "time": when, "message": kind.lower(), "step": None})
+        client.set_tag(run_id, f"ftmagic.event.{number:04d}", value)
+    client.set_tag(run_id, "ftmagic.event.0010", "not json")
+    store.add_event(run_id, "RESUMED", "resumed", uri=uri)
+    events = store.parse_events(client.get_run(run_id).data.tags)
+    assert [e.type for e in events] == ["RUNNING", "EVAL", "CREATED", "RESUMED"]
+
+
+WRITER = textwrap.dedent(
+    """
+    import pathlib, sys, time
+    from ftmagic.tracking import store
+    uri, run_id, writer, go = sys.argv[1:5]
+    store.client(uri).get_run(run_id)
+    print("ready", flush=True)
+    while not pathlib.Path(go).exists():
+        time.sleep(0.01)
+    for i in range(int(sys.argv[5])):
+        store.add_event(run_id, "STEP", f"{writer}:{i}", step=i, uri=uri)
+    """
+)
+
+
+@pytest.mark.timeout(600)
+def test_writers_in_several_processes_lose_no_event(uri: str, tmp_path: Path) -> None:
+    run_id = store.create_run(make_config(), backend="local", uri=uri)
+    go, writers, count = tmp_path / "go", 4, 30
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, uri, run_id, f"w{w}", str(go), str(count)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(writers)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        go.touch()  # all start writing at once
+        assert [proc.wait(timeout=300) for proc in procs] == [0] * writers
+    finally:
+        for proc in procs:
+            proc.kill()
+    events = store.parse_events(MlflowClient(tracking_uri=uri).get_run(run_id).data.tags)
+    written = [e.message for e in events if e.type == "STEP"]
+    assert len(written) == writers * count
+    for w in range(writers):  # each writer's events in the order it wrote them
+        assert [m for m in written if m.startswith(f"w{w}:")] == [f"w{w}:{i}" for i in range(count)]
 
 
 def test_cancel_request_and_resume_clears_it(uri: str) -> None:

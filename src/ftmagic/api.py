@@ -157,18 +157,21 @@ def rerun(run: Run | str, *, backend: str | None = None) -> Run:
     versions changed since the original; a change seen before the start is also an event."""
     from ftmagic.reproduce import RERUN_OF_TAG, preflight_changes
     from ftmagic.runners import backend_module
-    from ftmagic.tracking import store
+    from ftmagic.tracking import state
+    from ftmagic.tracking.client import set_tag
 
     original = get(run)
     config = original.config if backend is None else original.config.replace(backend=backend)
     changed = preflight_changes(original.run_id, config, uri=original.tracking_uri)
-    run_id = store.create_run(config, backend=config.backend)
-    store.set_tag(run_id, RERUN_OF_TAG, original.run_id)
+    run_id = state.create_run(config, backend=config.backend)
+    set_tag(run_id, RERUN_OF_TAG, original.run_id)
     note = "; changed since: " + "; ".join(changed) if changed else ""
-    store.add_event(run_id, "RERUN_OF", f"rerun of {original.name} ({original.run_id}){note}")
+    state.add_event(run_id, "RERUN_OF", f"rerun of {original.name} ({original.run_id}){note}")
     try:
         backend_module(config.backend).submit(config, run_id, resume=False)
     except Exception as err:
-        store.set_status(run_id, "FAILED", f"backend {config.backend} could not start: {err}")
+        state.set_status(
+            run_id, state.RunStatus.FAILED, f"backend {config.backend} could not start: {err}"
+        )
         raise
     return get(run_id)

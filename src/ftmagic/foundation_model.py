@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftmagic.errors import ConfigError, RunError
+from ftmagic.tracking.state import TERMINAL
+from ftmagic.tracking.state import RunStatus as TrackedStatus
 
 if TYPE_CHECKING:
     from ftmagic.catalog import ModelList
@@ -70,7 +72,7 @@ class RunStatus(str, Enum):
         return self.value
 
     def is_terminal(self) -> bool:
-        return self in (RunStatus.COMPLETED, RunStatus.STOPPED, RunStatus.FAILED)
+        return self.value in TERMINAL
 
 
 EVENT_NAMES = {
@@ -126,7 +128,7 @@ class TrainingRun:
     def from_run(cls, run: Run) -> TrainingRun:
         config = run.config
         events = run.events
-        started = next((e.time for e in events if e.type == "RUNNING"), None)
+        started = next((e.time for e in events if e.type == TrackedStatus.RUNNING), None)
         completed = None
         if run.is_done:
             completed = next((e.time for e in reversed(events) if e.type == run.status), None)
@@ -171,10 +173,10 @@ class TrainingRun:
 def hosted_status(run: Run) -> RunStatus:
     """PENDING until a backend took the run, then QUEUED until it trains; the rest as is."""
     status = run.status
-    if status == "PENDING":
+    if status == TrackedStatus.PENDING:
         submitted = any(e.type == "SUBMITTED" for e in run.events)
         return RunStatus.QUEUED if submitted else RunStatus.PENDING
-    return RunStatus(status)
+    return RunStatus(str(status))
 
 
 def _eta(seconds: float | None) -> datetime | None:

@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FINISHED = ("COMPLETED", "FAILED", "STOPPED")
-
 
 def backend_module(backend: str) -> ModuleType:
     """The module that runs ``backend`` (``inkernel``, ``local``, ``torchrun``, ``ray``)."""
@@ -36,10 +34,10 @@ def backend_module(backend: str) -> ModuleType:
 
 def launch(config: RunConfig) -> Run:
     """Create the run in MLflow and hand it to ``config.backend``; returns the run at once."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking import state
     from ftmagic.tracking.run import get_run
 
-    run_id = store.create_run(config, backend=config.backend)
+    run_id = state.create_run(config, backend=config.backend)
     _submit(config, run_id, resume=False)
     return get_run(run_id)
 
@@ -47,43 +45,43 @@ def launch(config: RunConfig) -> Run:
 def cancel(run: Run) -> Run:
     """Ask ``run`` to stop: through its backend when it has a way, else through MLflow (the
     trainer polls the cancel tag and ends STOPPED with a final checkpoint)."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking import state
 
     backend = getattr(run, "backend", None) or run.config.backend
     module = backend_module(backend)
     if hasattr(module, "cancel"):
         module.cancel(run)
     else:
-        store.request_cancel(run.run_id, uri=run.tracking_uri)
+        state.request_cancel(run.run_id, uri=run.tracking_uri)
     run.refresh()
     return run
 
 
 def resume(run: Run, backend: str | None = None) -> Run:
     """Continue ``run`` from its last committed checkpoint, on ``backend`` or the run's own."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking.state import TERMINAL, RunStatus, set_status
 
-    if run.status not in FINISHED and run.status != "PENDING":
+    if run.status not in TERMINAL and run.status != RunStatus.PENDING:
         raise RunError(
             f"run {run.run_id} is {run.status}: only a stopped, failed or killed run resumes. "
             "Fix: cancel it first, or wait for it to end"
         )
     config = run.config if backend is None else run.config.replace(backend=backend)
-    store.set_status(run.run_id, "PENDING", "resuming from the last checkpoint")
+    set_status(run.run_id, RunStatus.PENDING, "resuming from the last checkpoint")
     _submit(config, run.run_id, resume=True)
     run.refresh()
     return run
 
 
 def _submit(config: RunConfig, run_id: str, *, resume: bool) -> None:
-    from ftmagic.tracking import store
+    from ftmagic.tracking.state import RunStatus, set_status
 
     try:
         backend_module(config.backend).submit(config, run_id, resume=resume)
     except FtmagicError as err:
-        store.set_status(run_id, "FAILED", str(err))
+        set_status(run_id, RunStatus.FAILED, str(err))
         raise
     except Exception as err:
         log.exception("backend %s could not start run %s", config.backend, run_id)
-        store.set_status(run_id, "FAILED", f"backend {config.backend} could not start: {err}")
+        set_status(run_id, RunStatus.FAILED, f"backend {config.backend} could not start: {err}")
         raise RunError(f"backend {config.backend} could not start run {run_id}: {err}") from err

@@ -54,10 +54,10 @@ def owner() -> str:
 
 def submit(config: RunConfig, run_id: str, *, resume: bool = False) -> None:
     """Start training ``run_id`` in a daemon thread and return at once."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking.client import set_tag
 
     _register_exit_hook()
-    store.set_tag(run_id, OWNER_TAG, owner())
+    set_tag(run_id, OWNER_TAG, owner())
     with _JOBS_LOCK:
         job = _JOBS.get(run_id)
         if job is not None and job.thread.is_alive():
@@ -86,12 +86,12 @@ def _run(config: RunConfig, run_id: str, stop: threading.Event, resume: bool) ->
 def cancel(run: Run) -> None:
     """Stop a run: its thread's event when it trains here, and the MLflow cancel tag for any
     other process watching or training it."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking import state
 
     job = _JOBS.get(run.run_id)
     if job is not None:
         job.stop.set()
-    store.request_cancel(run.run_id, uri=run.tracking_uri)
+    state.request_cancel(run.run_id, uri=run.tracking_uri)
 
 
 def running() -> list[str]:
@@ -119,10 +119,10 @@ def _register_exit_hook() -> None:
 def mark_stopped_kernel() -> None:
     """Mark every run still training in this process FAILED: the process is exiting, and its
     daemon threads end with it."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking import state
 
     for run_id in running():
         try:
-            store.set_status(run_id, "FAILED", KERNEL_STOPPED)
+            state.set_status(run_id, state.RunStatus.FAILED, KERNEL_STOPPED)
         except Exception as err:  # the store may be gone too; the heartbeat timeout remains
             log.warning("could not mark run %s failed at exit: %s", run_id, err)

@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 def submit(config: RunConfig, run_id: str, *, resume: bool = False) -> None:
     """Start training ``run_id`` in a detached process and return at once."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking.client import tracking_uri
 
-    uri = _process.absolute_uri(store.tracking_uri())
+    uri = _process.absolute_uri(tracking_uri())
     config_path = _process.write_config(config, _process.run_folder(run_id, uri))
     command = [sys.executable, *_process.train_arguments(config_path, run_id, resume=resume)]
     _process.start_detached(command, run_id, uri=uri)

@@ -75,14 +75,13 @@ def runtime_env(config: RunConfig, run_id: str, *, resume: bool, uri: str) -> di
 
 def submit(config: RunConfig, run_id: str, *, resume: bool = False) -> None:
     """Submit the run as a Ray Job and record its job id; returns at once."""
-    from mlflow.entities import RunTag
-
     from ftmagic.runners import _process
-    from ftmagic.tracking import store
+    from ftmagic.tracking import state
+    from ftmagic.tracking.client import set_tags, tracking_uri
 
     address = address_of(config)
     client = job_client(address)
-    uri = _process.absolute_uri(store.tracking_uri())
+    uri = _process.absolute_uri(tracking_uri())
     if not uri.startswith(("http://", "https://", "databricks")):
         log.warning(
             "run %s: the Ray job logs to %s, which only works when the cluster runs on this "
@@ -90,24 +89,22 @@ def submit(config: RunConfig, run_id: str, *, resume: bool = False) -> None:
             run_id,
             uri,
         )
-    tags = store.client(uri).get_run(run_id).data.tags
-    attempt = 1 + sum(e.type == "SUBMITTED" for e in store.parse_events(tags))
+    attempt = 1 + sum(e.type == "SUBMITTED" for e in state.read_events(run_id, uri=uri))
     job_id = client.submit_job(
         entrypoint=ENTRYPOINT,
         runtime_env=runtime_env(config, run_id, resume=resume, uri=uri),
         submission_id=f"ftmagic-{run_id}-{attempt}",
         metadata={"ftmagic_run_id": run_id},
     )
-    job_tags = [RunTag(JOB_TAG, job_id), RunTag(ADDRESS_TAG, address)]
-    store.client(uri).log_batch(run_id, tags=job_tags)
-    store.add_event(run_id, "SUBMITTED", f"Ray job {job_id} submitted to {address}", uri=uri)
+    set_tags(run_id, {JOB_TAG: job_id, ADDRESS_TAG: address}, uri=uri)
+    state.add_event(run_id, "SUBMITTED", f"Ray job {job_id} submitted to {address}", uri=uri)
 
 
 def job_of(run: Run) -> tuple[str, str] | None:
     """The run's latest Ray job id and cluster address, if it was submitted to Ray."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking.client import run_tags
 
-    tags = store.client().get_run(run.run_id).data.tags
+    tags = run_tags(run.run_id, uri=run.tracking_uri)
     job_id = tags.get(JOB_TAG)
     return (job_id, tags.get(ADDRESS_TAG) or DEFAULT_ADDRESS) if job_id else None
 

@@ -46,7 +46,7 @@ def run_ray_train(config: RunConfig, run_id: str, *, resume: bool) -> int:
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ftmagic.runners._process import recorded_status
+    from ftmagic.tracking.state import RunStatus, read_status
 
     ray.init(ignore_reinit_error=True)
     use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
@@ -61,7 +61,7 @@ def run_ray_train(config: RunConfig, run_id: str, *, resume: bool) -> int:
     except Exception as err:  # a worker died: record it unless the trainer already did
         log.exception("run %s: Ray Train failed", run_id)
         _record_failure(run_id, f"Ray Train failed: {type(err).__name__}: {err}")
-    return 1 if recorded_status(run_id) == "FAILED" else 0
+    return 1 if read_status(run_id) is RunStatus.FAILED else 0
 
 
 def main() -> int:
@@ -81,12 +81,11 @@ def main() -> int:
 
 
 def _record_failure(run_id: str, reason: str) -> None:
-    from ftmagic.runners._process import recorded_status
-    from ftmagic.tracking.store import TERMINAL, set_status
+    from ftmagic.tracking.state import TERMINAL, RunStatus, read_status, set_status
 
     try:
-        if recorded_status(run_id) not in TERMINAL:
-            set_status(run_id, "FAILED", reason)
+        if read_status(run_id) not in TERMINAL:
+            set_status(run_id, RunStatus.FAILED, reason)
     except Exception:
         log.exception("run %s: could not record the failure", run_id)
 

@@ -34,9 +34,9 @@ def command(config: RunConfig, config_path: Path, run_id: str, *, resume: bool) 
 
 def submit(config: RunConfig, run_id: str, *, resume: bool = False) -> None:
     """Start ``config.num_processes`` trainer processes under torchrun and return at once."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking.client import tracking_uri
 
-    uri = _process.absolute_uri(store.tracking_uri())
+    uri = _process.absolute_uri(tracking_uri())
     config_path = _process.write_config(config, _process.run_folder(run_id, uri))
     _process.start_detached(command(config, config_path, run_id, resume=resume), run_id, uri=uri)
 

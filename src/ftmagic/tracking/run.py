@@ -17,15 +17,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftmagic.errors import RunError, shorten
-from ftmagic.tracking import store
-from ftmagic.tracking.store import Checkpoint, Event
+from ftmagic.tracking import artifacts, state
+from ftmagic.tracking.checkpoints import Checkpoint, download_checkpoint, list_checkpoints
+from ftmagic.tracking.client import RUN_ID_PATTERN, check_run_id, client, local_path, tracking_uri
+from ftmagic.tracking.registry import REGISTERED_TAG, download_registered_model
+from ftmagic.tracking.state import TERMINAL, Event, RunStatus
 
 if TYPE_CHECKING:
     from mlflow.entities import Run as MlflowRun
 
     from ftmagic.config import RunConfig
 
-__all__ = ["Checkpoint", "Event", "Run", "delete_run", "get_run", "list_runs"]
+__all__ = ["Checkpoint", "Event", "Run", "RunStatus", "delete_run", "get_run", "list_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,8 @@ class Run:
     """
 
     def __init__(self, run_id: str, *, uri: str | None = None, experiment_path: str | None = None):
-        self.run_id = store.check_run_id(run_id)
-        self.tracking_uri = uri or store.tracking_uri()
+        self.run_id = check_run_id(run_id)
+        self.tracking_uri = uri or tracking_uri()
         self._experiment_path = experiment_path
         self._config: RunConfig | None = None
         self._model: tuple[Any, Any, Any] | None = None  # (weights key, model, tokenizer)
@@ -68,7 +71,7 @@ class Run:
         from mlflow.exceptions import MlflowException
 
         try:
-            mlflow_run = store.client(self.tracking_uri).get_run(self.run_id)
+            mlflow_run = client(self.tracking_uri).get_run(self.run_id)
         except MlflowException:
             raise RunError(f"run {self.run_id} no longer exists in {self.tracking_uri}") from None
         self._take_snapshot(mlflow_run)
@@ -76,7 +79,7 @@ class Run:
 
     def _take_snapshot(self, mlflow_run: MlflowRun) -> None:
         info, data = mlflow_run.info, mlflow_run.data
-        latest = {m.key: (int(m.step), float(m.value)) for m in data._metric_objs}
+        latest = {m.key: (int(m.step), float(m.value)) for m in data.to_proto().metrics}
         self._snapshot = {
             "name": info.run_name,
             "experiment_id": info.experiment_id,
@@ -108,7 +111,7 @@ class Run:
     @property
     def experiment_path(self) -> str:
         if self._experiment_path is None:
-            experiment = store.client(self.tracking_uri).get_experiment(self._data["experiment_id"])
+            experiment = client(self.tracking_uri).get_experiment(self._data["experiment_id"])
             self._experiment_path = str(experiment.name)
         return self._experiment_path
 
@@ -122,7 +125,7 @@ class Run:
         from ftmagic.config import RunConfig
 
         if self._config is None:
-            text = store.read_config_text(self.run_id, uri=self.tracking_uri)
+            text = artifacts.read_config_text(self.run_id, uri=self.tracking_uri)
             if text is not None:
                 self._config = RunConfig.from_yaml(text, source=f"run {self.name} config.yaml")
             else:
@@ -132,53 +135,59 @@ class Run:
 
     # --- state ------------------------------------------------------------------------------
     @property
-    def recorded_status(self) -> str:
+    def recorded_status(self) -> RunStatus:
         """The status tag as the trainer last wrote it."""
-        return self._tags.get(store.STATUS_TAG, "PENDING")
+        return state.recorded_status(self._tags)
 
     @property
-    def status(self) -> str:
+    def status(self) -> RunStatus:
         """PENDING, RUNNING, COMPLETED, FAILED or STOPPED; a RUNNING run without a heartbeat
         for ``HEARTBEAT_TIMEOUT_S`` is FAILED."""
-        if self.recorded_status == "RUNNING" and not self.is_alive:
-            return "FAILED"
+        if self.recorded_status is RunStatus.RUNNING and not self.is_alive:
+            return RunStatus.FAILED
         return self.recorded_status
 
     @property
     def status_reason(self) -> str | None:
-        if self.recorded_status == "RUNNING" and not self.is_alive:
+        if self.recorded_status is RunStatus.RUNNING and not self.is_alive:
             return "heartbeat lost"
-        return self._tags.get(store.REASON_TAG) or None
+        return self._tags.get(state.REASON_TAG) or None
+
+    @property
+    def tag_problems(self) -> list[str]:
+        """What is unreadable in the run's state tags, which then read as absent."""
+        return state.tag_problems(self._tags)
 
     @property
     def heartbeat_age_s(self) -> float | None:
         """Seconds since the trainer's last heartbeat (or since it started running, before the
         first beat); None for a run that never ran."""
-        beat = self._tags.get(store.HEARTBEAT_TAG)
-        if beat:
-            return max(0.0, time.time() - float(beat))
-        started = [e.time for e in self.events if e.type == "RUNNING"]
+        beat = state.number_tag(self._tags, state.HEARTBEAT_TAG)
+        if beat is not None:
+            return max(0.0, time.time() - beat)
+        started = [e.time for e in self.events if e.type == RunStatus.RUNNING]
         return None if not started else max(0.0, time.time() - started[-1].timestamp())
 
     @property
     def is_alive(self) -> bool:
         age = self.heartbeat_age_s
-        return self.recorded_status == "RUNNING" and age is not None and age < HEARTBEAT_TIMEOUT_S
+        running = self.recorded_status is RunStatus.RUNNING
+        return running and age is not None and age < HEARTBEAT_TIMEOUT_S
 
     @property
     def is_done(self) -> bool:
-        return self.status in store.TERMINAL
+        return self.status in TERMINAL
 
     @property
     def events(self) -> list[Event]:
-        return store.parse_events(self._tags)
+        return state.parse_events(self._tags)
 
     def _first_event_time(self, event_type: str) -> datetime | None:
         return next((e.time for e in self.events if e.type == event_type), None)
 
     @property
     def registered_model(self) -> str | None:
-        return self._tags.get(store.REGISTERED_TAG) or None
+        return self._tags.get(REGISTERED_TAG) or None
 
     @property
     def reproducibility(self) -> str | None:
@@ -194,12 +203,13 @@ class Run:
         latest: dict[str, tuple[int, float]] = self._data["latest"]
         steps = [latest[k][0] for k in TRAIN_STEP_METRICS if k in latest]
         step = max(steps) if steps else 0
-        total = self._tags.get(store.TOTAL_STEPS_TAG)
-        total_steps = int(float(total)) if total else None
+        total = state.number_tag(self._tags, state.TOTAL_STEPS_TAG)
+        total_steps = None if total is None else int(total)
         tokens = int(latest["train/tokens"][1]) if "train/tokens" in latest else None
         elapsed = self._elapsed_s()
         eta = None
-        if self.status == "RUNNING" and total_steps and step > 0 and elapsed is not None:
+        running = self.status is RunStatus.RUNNING
+        if running and total_steps and step > 0 and elapsed is not None:
             eta = max(0.0, elapsed / step * (total_steps - step))
         return {
             "step": step,
@@ -210,14 +220,14 @@ class Run:
         }
 
     def _elapsed_s(self) -> float | None:
-        started = self._first_event_time("RUNNING")
+        started = self._first_event_time(RunStatus.RUNNING)
         if started is None:
             return None
-        end = self._data["end_time"] if self.recorded_status in store.TERMINAL else None
+        end = self._data["end_time"] if self.recorded_status in TERMINAL else None
         if end:
             return max(0.0, end / 1000 - started.timestamp())
-        beat = self._tags.get(store.HEARTBEAT_TAG)
-        stop = time.time() if self.is_alive or not beat else float(beat)
+        beat = state.number_tag(self._tags, state.HEARTBEAT_TAG)
+        stop = time.time() if self.is_alive or beat is None else beat
         return max(0.0, stop - started.timestamp())
 
     def wait(self, timeout: float | None = None, poll: float = 1.0) -> Run:
@@ -242,7 +252,7 @@ class Run:
         Histories are read incrementally (only points added since the last call on this Run),
         so a live view can poll this twice a second on a long run.
         """
-        mlflow_client = store.client(self.tracking_uri)
+        mlflow_client = client(self.tracking_uri)
         if names is None:
             names = sorted(mlflow_client.get_run(self.run_id).data.metrics)
         out = {}
@@ -267,11 +277,11 @@ class Run:
 
     @property
     def checkpoints(self) -> list[Checkpoint]:
-        return store.list_checkpoints(self.run_id, uri=self.tracking_uri)
+        return list_checkpoints(self.run_id, uri=self.tracking_uri)
 
     def generations(self) -> list[dict[str, Any]]:
         """The eval prompts' generations at each checkpoint: rows ``{step, prompt, response}``."""
-        return store.read_generations(self.run_id, uri=self.tracking_uri)
+        return artifacts.read_generations(self.run_id, uri=self.tracking_uri)
 
     # --- trying the model -------------------------------------------------------------------
     def generate(
@@ -313,8 +323,8 @@ class Run:
 
     def _weights_dir(self, step: int | None) -> Path:
         if step is None and self.registered_model:
-            return store.download_registered_model(self.registered_model, uri=self.tracking_uri)
-        return store.download_checkpoint(self.run_id, step, uri=self.tracking_uri)
+            return download_registered_model(self.registered_model, uri=self.tracking_uri)
+        return download_checkpoint(self.run_id, step, uri=self.tracking_uri)
 
     # --- display ----------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -329,14 +339,14 @@ class Run:
         reason = f" ({shorten(self.status_reason, 60)})" if self.status_reason else ""
         return (
             f"Run(name={self.name!r}, status={self.status}{reason}, step={p['step']}{total}, "
-            f"model={self._tags.get(store.MODEL_TAG, '')!r}, run_id={self.run_id!r})"
+            f"model={self._tags.get(state.MODEL_TAG, '')!r}, run_id={self.run_id!r})"
         )
 
     def _repr_html_(self) -> str:
         p = self.progress
         rows = [
             ("status", self.status + (f" — {self.status_reason}" if self.status_reason else "")),
-            ("model", self._tags.get(store.MODEL_TAG, "")),
+            ("model", self._tags.get(state.MODEL_TAG, "")),
             ("step", f"{p['step']}" + (f" / {p['total_steps']}" if p["total_steps"] else "")),
             ("elapsed", _duration(p["elapsed_s"])),
             ("eta", _duration(p["eta_s"])),
@@ -406,9 +416,9 @@ def get_run(run_or_id_or_name: Run | str, *, uri: str | None = None) -> Run:
     if isinstance(run_or_id_or_name, Run):
         return Run(run_or_id_or_name.run_id, uri=run_or_id_or_name.tracking_uri).refresh()
     text = str(run_or_id_or_name).strip()
-    uri = uri or store.tracking_uri()
-    mlflow_client = store.client(uri)
-    if store.RUN_ID_PATTERN.fullmatch(text):
+    uri = uri or tracking_uri()
+    mlflow_client = client(uri)
+    if RUN_ID_PATTERN.fullmatch(text):
         found = _by_id(mlflow_client, text)
         if found is not None:
             return Run.from_mlflow(found, uri=uri)
@@ -442,7 +452,7 @@ def _by_id(mlflow_client: Any, run_id: str) -> MlflowRun | None:
         found = mlflow_client.get_run(run_id)
     except MlflowException:
         return None
-    if found.info.lifecycle_stage != "active" or store.STATUS_TAG not in found.data.tags:
+    if found.info.lifecycle_stage != "active" or state.STATUS_TAG not in found.data.tags:
         return None
     return found  # type: ignore[no-any-return]
 
@@ -461,8 +471,8 @@ def list_runs(
     experiment_path: str | None = None, limit: int = 50, *, uri: str | None = None
 ) -> list[Run]:
     """ftmagic runs (those with an ``ftmagic.status`` tag), newest first."""
-    uri = uri or store.tracking_uri()
-    mlflow_client = store.client(uri)
+    uri = uri or tracking_uri()
+    mlflow_client = client(uri)
     experiments = _experiment_names(mlflow_client, experiment_path)
     if not experiments:
         return []
@@ -481,9 +491,9 @@ def list_runs(
 def delete_run(run: Run | str, *, uri: str | None = None) -> None:
     """Delete a run that is not running, and its artifacts."""
     run = get_run(run, uri=uri)
-    if run.status in ("RUNNING", "PENDING") and run.is_alive:
+    if run.status in (RunStatus.RUNNING, RunStatus.PENDING) and run.is_alive:
         raise RunError(f"run {run.name} is still running. Fix: ftmagic.cancel(run) first")
-    mlflow_client = store.client(run.tracking_uri)
+    mlflow_client = client(run.tracking_uri)
     _delete_artifacts(run)
     mlflow_client.delete_run(run.run_id)
 
@@ -493,7 +503,7 @@ def _delete_artifacts(run: Run) -> None:
 
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    local = store.local_path(run._data["artifact_uri"])
+    local = local_path(run._data["artifact_uri"])
     if local is not None:
         folder = local.parent if local.parent.name == run.run_id else local
         shutil.rmtree(folder, ignore_errors=True)

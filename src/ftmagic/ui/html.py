@@ -10,16 +10,18 @@ from collections.abc import Iterable, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from ftmagic.tracking.state import RunStatus
+
 TABLE = "<table style='border-collapse:collapse;text-align:left'>"
 CELL = "style='text-align:left;vertical-align:top;padding:2px 8px;border-bottom:1px solid #ddd'"
 
-STATUS_COLORS = MappingProxyType(
+STATUS_COLORS: MappingProxyType[str, str] = MappingProxyType(
     {
-        "PENDING": "#757575",
-        "RUNNING": "#1565c0",
-        "COMPLETED": "#2e7d32",
-        "FAILED": "#c62828",
-        "STOPPED": "#ef6c00",
+        RunStatus.PENDING: "#757575",
+        RunStatus.RUNNING: "#1565c0",
+        RunStatus.COMPLETED: "#2e7d32",
+        RunStatus.FAILED: "#c62828",
+        RunStatus.STOPPED: "#ef6c00",
     }
 )
 
@@ -51,8 +53,8 @@ def status_badge(status: str, reason: str | None = None) -> str:
 SETUP_STAGES = MappingProxyType(
     {
         "CREATED": "starting",
-        "PENDING": "starting",
-        "RUNNING": "validating the data",
+        RunStatus.PENDING: "starting",
+        RunStatus.RUNNING: "validating the data",
         "DATA_VALIDATED": "tokenizing the data and loading the model",
         "MODEL_INITIALIZED": "packing and running the first step",
         "TRAIN_STARTED": "running the first step",
@@ -77,12 +79,12 @@ def progress_html(
     step = progress.get("step") or 0
     total = progress.get("total_steps")
     tokens = progress.get("tokens") or 0
-    setup = stage is not None and not step and status in ("PENDING", "RUNNING")
+    setup = stage is not None and not step and status in (RunStatus.PENDING, RunStatus.RUNNING)
     parts = [
         f"<i>{html.escape(stage or '')}…</i>" if setup else f"step {step} of {total or '?'}",
         f"{int(tokens):,} tokens",
         f"elapsed {clock(progress.get('elapsed_s'))}",
-        f"ETA {clock(progress.get('eta_s')) if status == 'RUNNING' else '—'}",
+        f"ETA {clock(progress.get('eta_s')) if status == RunStatus.RUNNING else '—'}",
     ]
     return f"{status_badge(status, reason)} &nbsp; " + " · ".join(parts)
 

@@ -22,6 +22,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ftmagic.errors import RunError
+from ftmagic.tracking.state import TERMINAL, RunStatus
 from ftmagic.ui import html as render
 from ftmagic.ui.errors import message_html
 from ftmagic.ui.plot import curves_png
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 PLOT_METRICS = ("train/loss", "eval/loss", "train/lr")
 CHART_METRICS = ("train/loss", "eval/loss", "train/lr", "train/grad_norm", "train/tokens_per_s")
 MIN_INTERVAL_S = 0.5
-DONE_STATUSES = ("COMPLETED", "FAILED", "STOPPED")
+BAR_STYLES: dict[str, str] = {RunStatus.COMPLETED: "success", RunStatus.FAILED: "danger"}
 
 
 def curves_view(interactive: bool | None) -> Any:
@@ -106,7 +107,7 @@ class LiveView(widgets.VBox):
             self.run.refresh()
             status = status_name(self.run.status)
             self._show_progress(status)
-            self.done = status in DONE_STATUSES
+            self.done = status in TERMINAL
             self._show_plot()
             self.events_html.value = render.events_html(self.run.events)
             self._show_generations()
@@ -173,9 +174,9 @@ class LiveView(widgets.VBox):
         step = int(progress.get("step") or 0)
         self.progress_bar.max = max(total, step, 1)
         self.progress_bar.value = step
-        if status == "COMPLETED":
+        if status == RunStatus.COMPLETED:
             self.progress_bar.value = self.progress_bar.max
-        self.progress_bar.bar_style = {"COMPLETED": "success", "FAILED": "danger"}.get(status, "")
+        self.progress_bar.bar_style = BAR_STYLES.get(status, "")
         reason = getattr(self.run, "status_reason", None)
         stage = render.setup_stage(self.run.events)
         self.progress_text.value = render.progress_html(progress, status, reason, stage)
