@@ -127,6 +127,33 @@ async def test_get_one_run_with_events(jp_fetch: Any, uri: str) -> None:
     assert [e["type"] for e in data["events"]] == ["CREATED", "RUNNING"]
 
 
+@pytest.mark.timeout(180)
+async def test_a_run_with_unreadable_tags_is_listed_with_its_error(jp_fetch: Any, uri: str) -> None:
+    good = make_run(uri, status="RUNNING", losses=[3.0, 2.5])
+    bad_beat = make_run(uri, status="RUNNING", losses=[3.0])
+    store.set_tag(bad_beat, store.HEARTBEAT_TAG, "soon", uri=uri)
+    bad_total = make_run(uri, status="COMPLETED", losses=[3.0, 2.0])
+    store.set_tag(bad_total, store.TOTAL_STEPS_TAG, "lots", uri=uri)
+
+    data = await get_json(jp_fetch, "runs")
+
+    runs = {r["id"]: r for r in data["runs"]}
+    assert list(runs) == [bad_total, bad_beat, good]
+    assert runs[good]["error"] is None
+    assert runs[good]["progress"]["total_steps"] == 2
+    assert runs[bad_total]["error"] == "tag ftmagic.total_steps is not a number: 'lots'"
+    assert runs[bad_total]["status"] == "COMPLETED"
+    assert runs[bad_total]["progress"]["step"] == 2
+    assert runs[bad_total]["progress"]["total_steps"] is None
+    assert runs[bad_total]["loss"] == [[1, 3.0], [2, 2.0]]
+    assert runs[bad_beat]["error"] == "tag ftmagic.heartbeat is not a number: 'soon'"
+    # without a readable heartbeat the run is alive by its recent RUNNING event
+    assert runs[bad_beat]["status"] == "RUNNING"
+    detail = await get_json(jp_fetch, "runs", bad_beat)
+    assert detail["error"] == runs[bad_beat]["error"]
+    assert [e["type"] for e in detail["events"]] == ["CREATED", "RUNNING"]
+
+
 # --- cancel ------------------------------------------------------------------------------------
 
 

@@ -2,8 +2,9 @@
 
 REST API under ``/ftmagic/api/`` (Jupyter's auth on every handler, Jupyter's XSRF check on POST):
 
-- ``GET runs``: the store's runs, newest first, each with its progress and a downsampled
-  ``train/loss`` series, plus the tracking URI and the MLflow UI URL (when one is known).
+- ``GET runs``: the store's runs, newest first, each with its progress, a downsampled
+  ``train/loss`` series and ``error`` (what about the run could not be read, else null: one bad
+  run never fails the list), plus the tracking URI and the MLflow UI URL (when one is known).
 - ``GET runs/<id>``: one run for its detail view: events, curves (loss, eval loss, learning
   rate, tokens/s) and its checkpoints with their eval loss, metric and generations.
 - ``POST runs/<id>/cancel``: ask a run to stop.
@@ -128,7 +129,32 @@ def _run_model(run: Any) -> str:
 
 
 def summarize(run: Any, ext: FtmagicExtension) -> dict[str, Any]:
-    """What the sidebar shows for one run; the model and a finished run's curve are cached."""
+    """What the sidebar shows for one run, with ``error`` saying what could not be read; a run
+    that cannot be read at all is listed by its id and the error."""
+    try:
+        return {**_summary(run, ext), "error": "; ".join(run.tag_problems) or None}
+    except Exception as err:  # one unreadable run must not hide the others
+        log.warning("run %s: not readable (%s)", run.run_id, err)
+        return _unreadable(run, err)
+
+
+def _unreadable(run: Any, err: Exception) -> dict[str, Any]:
+    progress = {"step": 0, "total_steps": None, "tokens": None, "elapsed_s": None, "eta_s": None}
+    return {
+        "id": run.run_id,
+        "name": run.run_id,
+        "model": "",
+        "status": None,
+        "status_reason": None,
+        "progress": progress,
+        "created": None,
+        "loss": [],
+        "error": f"run not readable: {type(err).__name__}: {err}",
+    }
+
+
+def _summary(run: Any, ext: FtmagicExtension) -> dict[str, Any]:
+    """The model and a finished run's curve are cached."""
     static = ext.static.setdefault(run.run_id, {})
     if "model" not in static:
         static["model"] = _run_model(run)
@@ -228,17 +254,18 @@ def checkpoint_rows(run: Any) -> dict[str, Any]:
 
 def cancel_run(run_id: str, ext: FtmagicExtension) -> dict[str, Any]:
     import ftmagic
-    from ftmagic.tracking import store
+    from ftmagic.tracking import state
+    from ftmagic.tracking.client import tracking_uri
 
     run = _get_run(run_id, ext)
     if run.is_done:
         raise tornado.web.HTTPError(409, reason=f"Run already {run.status}")
-    if run.tracking_uri == store.tracking_uri():
+    if run.tracking_uri == tracking_uri():
         run = ftmagic.cancel(run)
     else:
         # ftmagic.cancel talks to this process's default store; this server watches another
         # one, so set the cancel flag there (every backend's trainer polls it).
-        store.request_cancel(run.run_id, uri=run.tracking_uri)
+        state.request_cancel(run.run_id, uri=run.tracking_uri)
         run = run.refresh()
     return summarize(run, ext)
 
