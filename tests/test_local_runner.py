@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 import ftmagic
@@ -20,6 +23,7 @@ from fixtures_runners import (
     tiny_config,
     write_data,
 )
+from fixtures_tracking import free_port, start_mlflow_server, stop
 from ftmagic.runners import _process
 from ftmagic.tracking import store
 from polling import wait_until
@@ -165,6 +169,51 @@ def test_cancel_falls_back_to_sigterm_when_the_flag_is_not_honoured(
     run = ftmagic.get(run_id).wait(timeout=60)
     assert (run.status, run.status_reason) == ("STOPPED", "got SIGTERM")
     assert store.cancel_requested(run_id)
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.timeout(400)
+def test_supervisor_exits_on_sigterm_while_the_server_is_down(
+    mlflow_store: str, tmp_path: Path
+) -> None:
+    """The trainer has exited and the tracking server is gone, so the supervisor is stuck
+    retrying its last writes: SIGTERM must still end it."""
+    port = free_port()
+    server = start_mlflow_server(tmp_path / "server.db", tmp_path / "art", port, tmp_path / "log")
+    uri = f"http://127.0.0.1:{port}"
+    go = tmp_path / "go"
+    trainer = "import os, pathlib, time\nprint('trainer', os.getpid(), flush=True)\n" + (
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.05)"
+    )
+    try:
+        run_id = store.create_run(tiny_config(write_data(tmp_path)), backend="local", uri=uri)
+        store.set_status(run_id, "RUNNING", uri=uri)
+        supervisor = _process.start_detached([sys.executable, "-c", trainer], run_id, uri=uri)
+        log_file = Path(tags_of(run_id, uri)[_process.LOG_TAG])
+    finally:
+        stop(server)
+    try:
+        line = wait_until(lambda: _line_starting(log_file, "trainer "), 120, "the trainer")
+        go.touch()  # the trainer exits; the supervisor now tries to record it
+        wait_until(lambda: _ended(int(line.split()[1])), 60, "the trainer to exit")
+        time.sleep(2)
+        assert not _ended(supervisor)
+        os.kill(supervisor, signal.SIGTERM)
+        wait_until(lambda: _ended(supervisor), 20, "the supervisor to exit on SIGTERM")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(supervisor, signal.SIGKILL)
+
+
+def _line_starting(path: Path, prefix: str) -> str | None:
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    return next((line for line in text.splitlines() if line.startswith(prefix)), None)
 
 
 def test_relative_sqlite_uri_is_made_absolute(

@@ -8,7 +8,9 @@ in a new session (``python -m ftmagic.runners._process``), and the supervisor st
   artifact ``logs/train.log`` when the trainer ends;
 - marks the run FAILED at once (with the exit code or signal) when the trainer dies before
   recording an end, instead of leaving the run to be found dead by its missing heartbeat;
-- forwards SIGTERM to the trainer, which then stops after its step with a checkpoint.
+- forwards SIGTERM to the trainer, which then stops after its step with a checkpoint; once the
+  trainer has ended, SIGTERM ends the supervisor itself at once, even while it is still retrying
+  to record the end on an unreachable tracking server.
 
 The supervisor's pid and host are run tags, so ``cancel`` can fall back to SIGTERM when the
 trainer does not honour the MLflow cancel flag (for instance when it cannot reach the server).
@@ -32,12 +34,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from ftmagic.config import RunConfig
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +68,14 @@ def absolute_uri(uri: str) -> str:
 def run_folder(run_id: str, uri: str) -> Path:
     """The run's local folder (config and log): ``ftmagic-runs/<run_id>`` next to a SQLite
     store, else under the ftmagic cache."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking.client import cache_dir, check_run_id
 
     uri = absolute_uri(uri)
     if uri.startswith("sqlite:///") and ":memory:" not in uri:
         base = Path(uri[len("sqlite:///") :].partition("?")[0]).parent / RUNS_DIR
     else:
-        base = store.cache_dir() / "runs"
-    folder = base / store.check_run_id(run_id)
+        base = cache_dir() / "runs"
+    folder = base / check_run_id(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -110,9 +108,9 @@ def start_detached(command: Sequence[str], run_id: str, *, uri: str | None = Non
 
     The new session keeps the training alive when the kernel (or its terminal) dies.
     """
-    from ftmagic.tracking import store
+    from ftmagic.tracking.client import tracking_uri
 
-    uri = absolute_uri(uri or store.tracking_uri())
+    uri = absolute_uri(uri or tracking_uri())
     folder = run_folder(run_id, uri)
     log_path = folder / LOG_FILE
     supervisor = [
@@ -142,16 +140,10 @@ def start_detached(command: Sequence[str], run_id: str, *, uri: str | None = Non
 
 
 def record_process(run_id: str, pid: int, log_path: Path, *, uri: str | None = None) -> None:
-    from mlflow.entities import RunTag
+    from ftmagic.tracking.client import set_tags
 
-    from ftmagic.tracking import store
-
-    tags = [
-        RunTag(PID_TAG, str(pid)),
-        RunTag(HOST_TAG, socket.gethostname()),
-        RunTag(LOG_TAG, str(log_path)),
-    ]
-    store.client(uri).log_batch(run_id, tags=tags)
+    tags = {PID_TAG: pid, HOST_TAG: socket.gethostname(), LOG_TAG: log_path}
+    set_tags(run_id, tags, uri=uri)
 
 
 # --- cancelling ----------------------------------------------------------------------------------
@@ -165,21 +157,14 @@ def cancel_grace_s() -> float:
         return DEFAULT_CANCEL_GRACE_S
 
 
-def recorded_status(run_id: str, *, uri: str | None = None) -> str:
-    from ftmagic.tracking import store
-
-    tags = store.client(uri).get_run(run_id).data.tags
-    return tags.get(store.STATUS_TAG, "PENDING")
-
-
 def wait_for_end(run_id: str, timeout: float, *, uri: str | None = None, poll: float = 1.0) -> bool:
     """Wait until the run records an end (COMPLETED, FAILED, STOPPED); False on timeout."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking import state
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if recorded_status(run_id, uri=uri) in store.TERMINAL:
+            if state.read_status(run_id, uri=uri) in state.TERMINAL:
                 return True
         except Exception as err:  # the server may be briefly unreachable: keep waiting
             log.info("run %s: status not readable yet (%s)", run_id, err)
@@ -202,9 +187,9 @@ def cancel_with_fallback(
     With ``wait`` the caller blocks until then; otherwise a daemon thread watches, so a notebook
     stays responsive while a big model writes its last checkpoint.
     """
-    from ftmagic.tracking import store
+    from ftmagic.tracking import state
 
-    store.request_cancel(run_id, uri=uri)
+    state.request_cancel(run_id, uri=uri)
     grace = cancel_grace_s() if grace_s is None else grace_s
 
     def watch() -> None:
@@ -234,9 +219,9 @@ def terminate_unless_ended(run_id: str) -> Callable[[bool], None]:
 def terminate(run_id: str, *, uri: str | None = None) -> bool:
     """SIGTERM the run's supervisor (which forwards it to the trainer) when it runs on this
     host and is still ours; True when a signal was sent."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking.client import run_tags
 
-    tags = store.client(uri).get_run(run_id).data.tags
+    tags = run_tags(run_id, uri=uri)
     pid_text, host = tags.get(PID_TAG), tags.get(HOST_TAG)
     if not pid_text or host != socket.gethostname():
         log.warning("run %s: no supervisor on this host to signal (host %s)", run_id, host)
@@ -264,44 +249,56 @@ def is_supervisor_of(pid: int, run_id: str) -> bool:
 
 def supervise(command: Sequence[str], run_id: str, log_path: Path) -> int:
     """Run the trainer ``command``, forward SIGTERM/SIGINT to it, record how it ended."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking.client import client
 
-    client = store.client()  # made now (mlflow imports slowly), so the end is recorded promptly
+    client()  # made now (mlflow imports slowly), so the end is recorded promptly
     started = datetime.now(timezone.utc)
     with open(log_path, "ab") as out:
         child = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forwarder(child))
+    signal.signal(signal.SIGINT, forwarder(child))
     code = child.wait()
-    record_exit(client, run_id, code, log_path, started=started)
+    record_exit(run_id, code, log_path, started=started)
     return 0 if code == 0 else 1
 
 
-def record_exit(
-    client: MlflowClient, run_id: str, code: int, log_path: Path, *, started: datetime
-) -> None:
+def forwarder(child: subprocess.Popen[bytes]) -> Callable[[int, FrameType | None], None]:
+    """A signal handler that passes the signal to ``child`` while it runs, and once it has ended
+    lets the signal end this process: recording the end may wait minutes on a tracking server
+    that is down, and a stop request must not wait for that."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
+            return
+        log.warning("trainer already ended; stopping on signal %d", signum)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    return handle
+
+
+def record_exit(run_id: str, code: int, log_path: Path, *, started: datetime) -> None:
     """Log the trainer's output and, when it died without recording an end, mark it FAILED.
 
     A run resumed elsewhere since ``started`` (a later PENDING event) belongs to that attempt
     and is left alone.
     """
-    from ftmagic.tracking import store
+    from ftmagic.tracking import state
+    from ftmagic.tracking.client import client, run_tags
 
     try:
-        tags = client.get_run(run_id).data.tags
-        resumed = any(e.type == "PENDING" and e.time > started for e in store.parse_events(tags))
-        if tags.get(store.STATUS_TAG) not in store.TERMINAL and not resumed:
+        tags = run_tags(run_id)
+        events = state.parse_events(tags)
+        resumed = any(e.type == state.RunStatus.PENDING and e.time > started for e in events)
+        if state.recorded_status(tags) not in state.TERMINAL and not resumed:
             reason = f"{exit_description(code)} before the run ended"
-            store.set_status(run_id, "FAILED", reason, uri=client.tracking_uri)
+            state.set_status(run_id, state.RunStatus.FAILED, reason)
     except Exception:
         log.exception("run %s: could not record the trainer's exit", run_id)
     try:
-        client.log_artifact(run_id, str(log_path), LOG_ARTIFACT_DIR)
+        client().log_artifact(run_id, str(log_path), LOG_ARTIFACT_DIR)
     except Exception:
         log.exception("run %s: could not log %s", run_id, log_path)
 
