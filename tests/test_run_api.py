@@ -182,6 +182,25 @@ def test_progress_from_metrics_and_tags(uri: str) -> None:
     assert run.refresh().progress["eta_s"] is None
 
 
+@pytest.mark.timeout(120)
+def test_unreadable_number_tags_read_as_absent(uri: str) -> None:
+    run_id = store.create_run(make_config(), backend="local", uri=uri)
+    store.set_status(run_id, "RUNNING", uri=uri)
+    store.set_tag(run_id, store.HEARTBEAT_TAG, "later", uri=uri)
+    store.set_tag(run_id, store.TOTAL_STEPS_TAG, "inf", uri=uri)
+    run = get_run(run_id, uri=uri)
+    assert run.status is store.RunStatus.RUNNING and run.is_alive  # by its RUNNING event
+    assert run.heartbeat_age_s is not None and run.heartbeat_age_s < 60
+    assert run.progress["total_steps"] is None
+    assert run.tag_problems == [
+        "tag ftmagic.heartbeat is not a number: 'later'",
+        "tag ftmagic.total_steps is not a number: 'inf'",
+    ]
+    store.set_tag(run_id, store.STATUS_TAG, "DONE", uri=uri)
+    assert run.refresh().status is store.RunStatus.PENDING
+    assert run.tag_problems[-1] == "tag ftmagic.status is not a status: 'DONE'"
+
+
 def test_wait_returns_when_done_and_times_out_otherwise(uri: str) -> None:
     run_id = store.create_run(make_config(), backend="inkernel", uri=uri)
     store.set_status(run_id, "RUNNING", uri=uri)

@@ -117,6 +117,7 @@ def test_unknown_status_is_refused(uri: str) -> None:
         store.set_status(run_id, "done", uri=uri)
 
 
+@pytest.mark.timeout(120)
 def test_events_keep_their_order_past_ten(uri: str) -> None:
     run_id = store.create_run(make_config(), backend="inkernel", uri=uri)
     for i in range(12):
@@ -125,6 +126,7 @@ def test_events_keep_their_order_past_ten(uri: str) -> None:
     assert [e.step for e in events[1:]] == list(range(12))
 
 
+@pytest.mark.timeout(120)
 def test_numbered_events_of_older_runs_are_read_in_time_order(uri: str) -> None:
     run_id = store.create_run(make_config(), backend="inkernel", uri=uri)
     client = MlflowClient(tracking_uri=uri)
@@ -137,6 +139,29 @@ def test_numbered_events_of_older_runs_are_read_in_time_order(uri: str) -> None:
     store.add_event(run_id, "RESUMED", "resumed", uri=uri)
     events = store.parse_events(client.get_run(run_id).data.tags)
     assert [e.type for e in events] == ["RUNNING", "EVAL", "CREATED", "RESUMED"]
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_event_write_is_logged_not_raised(
+    uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = "0" * 32
+    store.add_event(missing, "STEP", "lost", uri=uri)  # no such run: the write fails
+    assert f"run {missing}: event STEP not recorded" in caplog.text
+
+
+def test_statuses_are_the_stored_strings() -> None:
+    assert [str(s) for s in store.RunStatus] == [
+        "PENDING",
+        "RUNNING",
+        "COMPLETED",
+        "FAILED",
+        "STOPPED",
+    ]
+    assert store.RunStatus("FAILED") == "FAILED" and f"{store.RunStatus.FAILED}" == "FAILED"
+    assert {"COMPLETED", "FAILED", "STOPPED"} == store.TERMINAL
+    assert [s.is_terminal for s in store.RunStatus] == [False, False, True, True, True]
+    assert json.dumps({"status": store.RunStatus.STOPPED}) == '{"status": "STOPPED"}'
 
 
 WRITER = textwrap.dedent(
