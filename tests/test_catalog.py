@@ -15,12 +15,11 @@ from ftmagic.catalog import (
     ModelList,
     RetiredModelWarning,
     get_models,
-    load_model,
-    load_tokenizer,
     model_path,
     resolve_model,
 )
 from ftmagic.errors import ModelError
+from ftmagic.models.loading import load_model, load_tokenizer
 
 
 def by_name() -> dict[str, object]:
