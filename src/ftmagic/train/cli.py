@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftmagic.config import RunConfig
+from ftmagic.tracking.state import RunStatus
 
 if TYPE_CHECKING:
     from ftmagic.train.trainer import TrainResult
@@ -33,7 +34,7 @@ def train_command(config: RunConfig, *, run_id: str | None = None, resume: bool 
     result = train_here(config, run_id=run_id, resume=resume)
     if result is None:
         return 2
-    return 1 if result.status == "FAILED" else 0
+    return 1 if result.status == RunStatus.FAILED else 0
 
 
 def train_here(
@@ -144,7 +145,7 @@ def summary(result: Any) -> str:
             f"serve: MLFLOW_TRACKING_URI={tracking_uri} mlflow models serve "
             f"-m {result.registered_model} --env-manager local --host 127.0.0.1"
         )
-    if result.status == "STOPPED" or result.status == "FAILED":
+    if result.status in (RunStatus.STOPPED, RunStatus.FAILED):
         lines.append(f"resume: ftmagic train CONFIG.yaml --run-id {result.run_id} --resume")
     return "\n".join(lines)
 
@@ -183,7 +184,7 @@ def demo_command(*, verbose: bool = False) -> int:
     before = score_demo(config.model)
     print(f"before: {score_line(before)}")
     result = train_here(config)
-    if result is None or result.status == "FAILED":
+    if result is None or result.status == RunStatus.FAILED:
         return 1
     if result.registered_model:
         after = score_demo(result.registered_model)

@@ -19,6 +19,7 @@ from ftmagic.errors import RunError
 
 if TYPE_CHECKING:
     from ftmagic.config import RunConfig
+    from ftmagic.tracking.state import RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class Reporter(Protocol):
     def start_heartbeat(self) -> None:
         """Say the run is alive until ``close``."""
 
-    def status(self, status: str, reason: str | None = None) -> None:
+    def status(self, status: RunStatus, reason: str | None = None) -> None:
         """Set the run's status (and why)."""
 
     def event(self, kind: str, message: str, step: int | None = None) -> None:
@@ -116,7 +117,7 @@ class MlflowReporter:
         name = f"ftmagic-heartbeat-{self.run_id[:8]}"
         threading.Thread(target=beat, name=name, daemon=True).start()
 
-    def status(self, status: str, reason: str | None = None) -> None:
+    def status(self, status: RunStatus, reason: str | None = None) -> None:
         """Set the run's status; the store records it as an event too."""
         log.info("%s %s%s", self.run_id, status, f": {reason}" if reason else "")
         if self.enabled:

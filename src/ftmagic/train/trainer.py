@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from ftmagic.config import RunConfig, check_register_to
 from ftmagic.data.plan import DataPlan, make_plan
 from ftmagic.errors import FtmagicError, RunError
+from ftmagic.tracking.state import RunStatus
 from ftmagic.train.builders import (
     apply_lora,
     build_optimizer,
@@ -64,7 +65,7 @@ class TrainResult:
     """How a run ended: its status, why, and the numbers a summary shows."""
 
     run_id: str
-    status: str
+    status: RunStatus
     reason: str | None = None
     steps: int = 0
     total_steps: int = 0
@@ -100,7 +101,7 @@ def train(
     reporter = MlflowReporter(run_id, enabled=ctx.is_main)
     session: Session | None = None
     try:
-        reporter.status("RUNNING")
+        reporter.status(RunStatus.RUNNING)
         reporter.start_heartbeat()
         resume_from = find_resume_checkpoint(run_id, ctx) if resume else None
         data = prepare_data(config, reporter)
@@ -370,8 +371,8 @@ def announce_start(session: Session) -> None:
 def stopped(session: Session) -> TrainResult:
     """A run stopped on request (its checkpoint of the last step is written)."""
     reason = f"stopped on request after step {session.state.step}"
-    session.reporter.status("STOPPED", reason)
-    return result_of(session, "STOPPED", reason)
+    session.reporter.status(RunStatus.STOPPED, reason)
+    return result_of(session, RunStatus.STOPPED, reason)
 
 
 # --- 6. cleanup ----------------------------------------------------------------------------------
@@ -382,13 +383,13 @@ def finish(session: Session) -> TrainResult:
     reporter = session.reporter
     state = session.state
     reporter.event("TRAIN_FINISHED", f"{state.step} steps, {state.tokens} tokens")
-    result = result_of(session, "COMPLETED")
+    result = result_of(session, RunStatus.COMPLETED)
     result.registered_model = register(session)
     reporter.flush()
     reporter.timing()
     registered = f", registered as {result.registered_model}" if result.registered_model else ""
     final = f"final loss {state.last_loss:.4f}" if state.last_loss is not None else "done"
-    reporter.status("COMPLETED", final + registered)
+    reporter.status(RunStatus.COMPLETED, final + registered)
     return result
 
 
@@ -406,7 +407,7 @@ def register(session: Session) -> str | None:
         return session.reporter.register(Path(tmp), config.register_to)
 
 
-def result_of(session: Session, status: str, reason: str | None = None) -> TrainResult:
+def result_of(session: Session, status: RunStatus, reason: str | None = None) -> TrainResult:
     return TrainResult(
         run_id=session.run_id,
         status=status,
@@ -425,9 +426,9 @@ def fail(run_id: str, reporter: Reporter, session: Session | None, reason: str) 
     """Record a failure (best effort: a broken store must not hide the first error)."""
     try:
         reporter.flush()
-        reporter.status("FAILED", reason)
+        reporter.status(RunStatus.FAILED, reason)
     except Exception:
         log.exception("could not record the failure of run %s", run_id)
     if session is not None:
-        return result_of(session, "FAILED", reason)
-    return TrainResult(run_id=run_id, status="FAILED", reason=reason)
+        return result_of(session, RunStatus.FAILED, reason)
+    return TrainResult(run_id=run_id, status=RunStatus.FAILED, reason=reason)
