@@ -30,7 +30,7 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 pytest: $(STAMP) browser
-	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25 tests
+	$(BIN)/pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=25 tests
 
 test: lint typecheck pytest
 

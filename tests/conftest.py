@@ -30,3 +30,21 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     return uri
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """For ``-n 2 --dist loadgroup --no-loadscope-reorder``: each test file runs in one worker
+    (its module fixtures, such as a Ray head or a JupyterLab server, start once), except the
+    notebooks, the longest tests, which run one each and first (the NER one before the others),
+    so the other worker works through the rest meanwhile."""
+    notebooks = [i for i in items if i.nodeid.startswith(NOTEBOOK_RUNS)]
+    notebooks.sort(key=lambda i: LONGEST not in i.nodeid)
+    for item in items:
+        group = item.nodeid if item in notebooks else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+    items[:] = notebooks + [i for i in items if i not in notebooks]
+
+
+NOTEBOOK_RUNS = "tests/test_notebooks.py::test_notebook_runs_headless"
+LONGEST = "02_ner_instruction_finetuning"
