@@ -12,7 +12,7 @@ layers) with a ``--vocab`` vocabulary, forward and backward, with the full-vocab
 (``loss_chunk_tokens: 0``) and with the chunked loss. The two losses must agree to 1e-5.
 
 ``estimate``: full fine-tuning steps (AdamW, so the optimizer states are created) of tiny Llamas
-of three or more sizes, measured peak against ``ftmagic.train.memory.estimate`` for the same
+of three or more sizes, measured peak against ``ftmagic.models.memory.estimate`` for the same
 shape, batch and settings.
 """
 
@@ -238,7 +238,7 @@ def measure_run(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def estimated_bytes(spec: dict[str, Any]) -> int:
-    from ftmagic.train.memory import MemorySetup, ModelShape, estimate
+    from ftmagic.models.memory import MemorySetup, ModelShape, estimate
 
     hidden = spec["hidden"]
     shape = ModelShape(
@@ -282,7 +282,7 @@ def estimate_rows() -> list[dict[str, Any]]:
 
 
 def format_estimate(rows: list[dict[str, Any]]) -> str:
-    from ftmagic.train.memory import ModelShape
+    from ftmagic.models.memory import ModelShape
 
     lines = [
         "| model | params | tokens | estimated (MiB) | measured (MiB) | estimate/measured |",

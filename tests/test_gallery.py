@@ -12,8 +12,9 @@ import pytest
 import ftmagic
 from fixtures_train import fast_config, train_env  # noqa: F401 (fixture)
 from ftmagic.errors import ConfigError, RunError
-from ftmagic.metrics import exact_match, json_list_f1, prompt_of
+from ftmagic.metrics import exact_match, json_list_f1
 from ftmagic.tracking import store
+from ftmagic.train.scoring import prompt_of
 
 
 def first_word_match(predictions: Sequence[str], references: Sequence[str]) -> float:

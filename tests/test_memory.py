@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ftmagic.config import RunConfig
-from ftmagic.train.memory import GIB, MemorySetup, ModelShape, estimate, setup_for
+from ftmagic.models.memory import GIB, MemorySetup, ModelShape, estimate, setup_for
 
 BENCH = Path(__file__).parents[1] / "benchmarks" / "memory_bench.py"
 LLAMA_1B = ModelShape(
@@ -148,7 +148,7 @@ def test_run_config_maps_to_the_setup() -> None:
 
 def test_estimate_for_a_catalog_model_reads_its_config_only() -> None:
     from ftmagic.models.loading import load_model
-    from ftmagic.train.memory import estimate_for_run
+    from ftmagic.models.memory import estimate_for_run
 
     result = estimate_for_run(RunConfig(model="ftmagic/tiny-chat"), 512)
     assert result.device_bytes and result.fits is True

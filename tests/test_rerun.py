@@ -12,7 +12,7 @@ import pytest
 
 import ftmagic
 from fixtures_train import fast_config, losses_of, train_env  # noqa: F401 (fixture)
-from ftmagic.reproduce import DATA_TAG, ENV_TAG, RERUN_OF_TAG, changes, read_record
+from ftmagic.tracking.reproduce import DATA_TAG, ENV_TAG, RERUN_OF_TAG, changes, read_record
 
 pytestmark = pytest.mark.timeout(300)
 

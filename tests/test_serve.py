@@ -114,7 +114,7 @@ def sleeper_started(pgid: int) -> bool:
 def test_the_server_group_ends_when_the_interpreter_exits() -> None:
     code = (
         f"import sys, time\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from test_serve import sleeper_started\nfrom ftmagic.serving import Background\n"
+        "from test_serve import sleeper_started\nfrom ftmagic.tracking.serving import Background\n"
         "bg = Background(['sleep', '600'])\nprint(bg.pid, flush=True)\n"
         "deadline = time.monotonic() + 60\n"
         "while time.monotonic() < deadline and not sleeper_started(bg.pid):\n"
@@ -129,7 +129,7 @@ def test_the_server_group_ends_when_the_interpreter_exits() -> None:
 @pytest.mark.timeout(120)
 def test_the_server_group_ends_when_the_interpreter_is_killed() -> None:
     code = (
-        "import time\nfrom ftmagic.serving import Background\n"
+        "import time\nfrom ftmagic.tracking.serving import Background\n"
         "bg = Background(['sleep', '600'])\nprint(bg.pid, flush=True)\ntime.sleep(600)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

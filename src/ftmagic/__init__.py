@@ -24,7 +24,7 @@ _API = {
     "get_events": "ftmagic.api",
     "get_checkpoints": "ftmagic.api",
     "resume": "ftmagic.api",
-    "panel": "ftmagic.api",
+    "panel": "ftmagic.ui.panel",
     "serve": "ftmagic.api",
     "promote": "ftmagic.api",
     "rerun": "ftmagic.api",
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
         get_events,
         get_models,
         list,
-        panel,
         preview,
         promote,
         rerun,
@@ -58,6 +57,7 @@ if TYPE_CHECKING:
     )
     from ftmagic.config import RunConfig
     from ftmagic.errors import ConfigError, DataError, FtmagicError
+    from ftmagic.ui.panel import panel
 
 
 def __getattr__(name: str) -> Any:

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from ftmagic.checkpoint_gallery import Gallery
     from ftmagic.data.preview import Preview
     from ftmagic.data.validate import ValidationReport
-    from ftmagic.serving import Endpoint
     from ftmagic.tracking.run import Checkpoint, Event, Run
+    from ftmagic.tracking.serving import Endpoint
 
 ConfigLike = RunConfig | dict[str, Any] | str | Path | None
 
@@ -117,17 +117,10 @@ def resume(run: Run | str, *, backend: str | None = None) -> Run:
     return impl(get(run), backend=backend)
 
 
-def panel(config: ConfigLike = None, /, **kwargs: Any) -> Any:
-    """The ipywidgets panel that builds, checks and drives a run."""
-    from ftmagic.ui.panel import Panel
-
-    return Panel(RunConfig.coerce(config, **kwargs) if (config or kwargs) else None)
-
-
 def serve(model_uri: str, *, port: int | None = None, timeout: float = 300.0) -> Endpoint:
     """Serve ``model_uri`` with ``mlflow models serve`` on 127.0.0.1 in the background; the
     returned ``Endpoint`` has ``.url``, ``.chat(...)``, ``.logs()``, ``.stop()``."""
-    from ftmagic.serving import serve as impl
+    from ftmagic.tracking.serving import serve as impl
 
     return impl(model_uri, port=port, timeout=timeout)
 
@@ -155,10 +148,10 @@ def rerun(run: Run | str, *, backend: str | None = None) -> Run:
     """Start a new run with ``run``'s resolved config and seed (on ``backend``, default the
     original's). Its summary (``run.reproducibility``) says whether the data or the package
     versions changed since the original; a change seen before the start is also an event."""
-    from ftmagic.reproduce import RERUN_OF_TAG, preflight_changes
     from ftmagic.runners import backend_module
     from ftmagic.tracking import state
     from ftmagic.tracking.client import set_tag
+    from ftmagic.tracking.reproduce import RERUN_OF_TAG, preflight_changes
 
     original = get(run)
     config = original.config if backend is None else original.config.replace(backend=backend)

@@ -241,7 +241,7 @@ def create(
     """Start a fine-tuning run, as the hosted ``fm.create`` did; returns its ``TrainingRun`` at
     once. ftmagic's own config fields (``method``, ``backend``, ``tokens_per_batch``, ...) may be
     passed as extra keyword arguments."""
-    import ftmagic
+    from ftmagic import api
 
     _note_hosted_only({"data_prep_cluster_id": data_prep_cluster_id})
     fields: dict[str, Any] = {
@@ -260,7 +260,7 @@ def create(
     if training_duration is not None:
         fields["training_duration"] = training_duration
     fields.update(ftmagic_fields)
-    return TrainingRun.from_run(ftmagic.create(**fields))
+    return TrainingRun.from_run(api.create(**fields))
 
 
 def _note_hosted_only(values: dict[str, Any]) -> None:
@@ -276,9 +276,9 @@ def _note_hosted_only(values: dict[str, Any]) -> None:
 
 def get(finetuning_run: str | TrainingRun | Run) -> TrainingRun:
     """A run by name, MLflow run id or run object, read again."""
-    import ftmagic
+    from ftmagic import api
 
-    return TrainingRun.from_run(ftmagic.get(_ref(finetuning_run)))
+    return TrainingRun.from_run(api.get(_ref(finetuning_run)))
 
 
 def list(  # mirrors fm.list, so it shadows the builtin
@@ -291,7 +291,7 @@ def list(  # mirrors fm.list, so it shadows the builtin
     experiment_path: str | None = None,
 ) -> builtins.list[TrainingRun]:
     """Runs, newest first, filtered as the hosted ``fm.list`` filtered them."""
-    import ftmagic
+    from ftmagic import api
 
     if finetuning_runs is not None:
         return [get(r) for r in finetuning_runs]
@@ -302,7 +302,7 @@ def list(  # mirrors fm.list, so it shadows the builtin
             HostedOnlyArgument,
             stacklevel=2,
         )
-    runs = ftmagic.list(experiment_path=experiment_path, limit=limit or 500)
+    runs = api.list(experiment_path=experiment_path, limit=limit or 500)
     low, high = _when(after, "after"), _when(before, "before")
     picked = [
         r for r in runs if (low is None or r.created > low) and (high is None or r.created < high)
@@ -323,49 +323,49 @@ def _when(value: datetime | str | None, name: str) -> datetime | None:
 def cancel(finetuning_runs: str | TrainingRun | builtins.list[str | TrainingRun]) -> int:
     """Ask runs to stop (each ends STOPPED after its step, with a checkpoint); returns how many
     were still running."""
-    import ftmagic
+    from ftmagic import api
 
     count = 0
     for ref in _many(finetuning_runs):
-        run = ftmagic.get(_ref(ref))
+        run = api.get(_ref(ref))
         if not run.is_done:
-            ftmagic.cancel(run)
+            api.cancel(run)
             count += 1
     return count
 
 
 def delete(finetuning_runs: str | TrainingRun | builtins.list[str | TrainingRun]) -> int:
     """Delete finished runs and their artifacts; returns how many were deleted."""
-    import ftmagic
+    from ftmagic import api
 
     runs = _many(finetuning_runs)
     for ref in runs:
-        ftmagic.delete(_ref(ref))
+        api.delete(_ref(ref))
     return len(runs)
 
 
 def get_events(finetuning_run: str | TrainingRun) -> builtins.list[FinetuningEvent]:
     """The run's timeline under the hosted event names."""
-    import ftmagic
+    from ftmagic import api
 
     return [
         FinetuningEvent(EVENT_NAMES.get(e.type, e.type), e.time, e.message)
-        for e in ftmagic.get_events(_ref(finetuning_run))
+        for e in api.get_events(_ref(finetuning_run))
     ]
 
 
 def get_checkpoints(finetuning_run: str | TrainingRun) -> builtins.list[Checkpoint]:
     """The run's committed checkpoints (``step``, ``uri``, ``tokens``, ``eval_loss``, ``time``)."""
-    import ftmagic
+    from ftmagic import api
 
-    return ftmagic.get_checkpoints(_ref(finetuning_run))
+    return api.get_checkpoints(_ref(finetuning_run))
 
 
 def get_models() -> ModelList:
     """The models you can fine-tune (the hosted catalog, small open models, the tiny ones)."""
-    import ftmagic
+    from ftmagic import api
 
-    return ftmagic.get_models()
+    return api.get_models()
 
 
 def _ref(value: Any) -> Any:

@@ -175,7 +175,7 @@ class ValidationReport:
     role_tokens: dict[str, int] = field(default_factory=dict)
     system_prompt: str | None = None
     estimate_parts: dict[str, float] = field(default_factory=dict)
-    memory: Any = None  # ftmagic.train.memory.MemoryEstimate: peak memory per device
+    memory: Any = None  # ftmagic.models.memory.MemoryEstimate: peak memory per device
 
     @property
     def trained_share(self) -> float | None:
@@ -635,7 +635,7 @@ def _estimate_memory(
 ) -> None:
     """Peak memory per device from the model's config and the plan's row width."""
     from ftmagic.data.plan import resolve_pack_length
-    from ftmagic.train.memory import estimate_for_run
+    from ftmagic.models.memory import estimate_for_run
 
     row = resolve_pack_length(lengths, config, context) or max(lengths, default=context)
     try:

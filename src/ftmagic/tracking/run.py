@@ -193,7 +193,7 @@ class Run:
     def reproducibility(self) -> str | None:
         """For a run started by ``ftmagic.rerun``: whether its data, packages, seed and settings
         match the original's, or what changed; None for other runs."""
-        from ftmagic.reproduce import summary
+        from ftmagic.tracking.reproduce import summary
 
         return summary(self.run_id, uri=self.tracking_uri)
 
@@ -301,7 +301,7 @@ class Run:
     def serve(self, *, port: int | None = None, timeout: float = 300.0) -> Any:
         """Serve the run's registered model with ``mlflow models serve`` on 127.0.0.1 and return
         its ``Endpoint`` (``.url``, ``.chat(...)``, ``.logs()``, ``.stop()``)."""
-        from ftmagic.serving import serve
+        from ftmagic.tracking.serving import serve
 
         self.refresh()
         if not self.registered_model:

@@ -69,7 +69,7 @@ def log_generations(session: Session) -> None:
 def score_checkpoint(session: Session) -> None:
     """The run's eval_metric on greedy generations for a sample of the eval data. A metric that
     raises is reported as an event and the run goes on."""
-    from ftmagic.metrics import score
+    from ftmagic.train.scoring import score
 
     step = session.state.step
     try:

@@ -169,7 +169,7 @@ class MlflowReporter:
         return bool(self.store.cancel_requested(self.run_id))
 
     def reproducibility(self, config: RunConfig, resolved: dict[str, Any]) -> None:
-        from ftmagic.reproduce import record
+        from ftmagic.tracking.reproduce import record
 
         if self.enabled:
             record(self.run_id, config, resolved)

@@ -279,3 +279,8 @@ def implausible_values(config: RunConfig) -> dict[str, str]:
                 "the data. Typical: 1 to 5 epochs"
             )
     return found
+
+
+def panel(config: Any = None, /, **kwargs: Any) -> Panel:
+    """The ipywidgets panel that builds, checks and drives a run (``ftmagic.panel``)."""
+    return Panel(RunConfig.coerce(config, **kwargs) if (config or kwargs) else None)

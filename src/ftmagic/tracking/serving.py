@@ -51,9 +51,9 @@ def serve(
 ) -> Endpoint:
     """Serve ``model_uri`` (``models:/name/version``, ``models:/name@alias``, ``runs:/...``) with
     ``mlflow models serve`` on 127.0.0.1 and return its ``Endpoint`` once it answers."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking.client import tracking_uri as default_uri
 
-    endpoint = Endpoint(model_uri, port or free_port(), tracking_uri or store.tracking_uri())
+    endpoint = Endpoint(model_uri, port or free_port(), tracking_uri or default_uri())
     try:
         endpoint.wait_until_healthy(timeout)
     except BaseException:
@@ -188,7 +188,14 @@ class Background:
 
     def __init__(self, command: list[str], *, env: dict[str, str] | None = None) -> None:
         self.log_path = Path(tempfile.mkstemp(prefix="ftmagic-serve-", suffix=".log")[1])
-        guarded = [sys.executable, "-m", "ftmagic.serving", "--guard", str(os.getpid()), "--"]
+        guarded = [
+            sys.executable,
+            "-m",
+            "ftmagic.tracking.serving",
+            "--guard",
+            str(os.getpid()),
+            "--",
+        ]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [*guarded, *command],
@@ -269,10 +276,10 @@ def group_processes(pgid: int) -> list[Any]:
 
 
 def _tokenizer_folder(model_uri: str, endpoint: Endpoint) -> Path:
-    from ftmagic.tracking import store
+    from ftmagic.tracking.registry import download_registered_model
 
     if model_uri.startswith("models:/"):
-        return store.download_registered_model(model_uri, uri=endpoint.tracking_uri)
+        return download_registered_model(model_uri, uri=endpoint.tracking_uri)
     from mlflow.artifacts import download_artifacts
 
     source = f"{model_uri.rstrip('/')}/components/tokenizer"
@@ -284,7 +291,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-if __name__ == "__main__":  # python -m ftmagic.serving --guard PARENT_PID -- COMMAND...
+if __name__ == "__main__":  # python -m ftmagic.tracking.serving --guard PARENT_PID -- COMMAND...
     if len(sys.argv) < 5 or sys.argv[1] != "--guard" or sys.argv[3] != "--":
-        sys.exit("usage: python -m ftmagic.serving --guard PARENT_PID -- COMMAND...")
+        sys.exit("usage: python -m ftmagic.tracking.serving --guard PARENT_PID -- COMMAND...")
     sys.exit(guard(int(sys.argv[2]), sys.argv[4:]))

@@ -86,19 +86,19 @@ def _digest(value: Any) -> str:
 
 def record(run_id: str, config: RunConfig, resolved: dict[str, Any]) -> dict[str, Any]:
     """Build the record of run ``run_id`` and log it to MLflow."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking import artifacts, client
 
     data = build_record(config, resolved)
-    store.log_json(run_id, data, RECORD_FILE)
-    store.set_tag(run_id, DATA_TAG, data["data_fingerprint"])
-    store.set_tag(run_id, ENV_TAG, data["env_fingerprint"])
+    artifacts.log_json(run_id, data, RECORD_FILE)
+    client.set_tag(run_id, DATA_TAG, data["data_fingerprint"])
+    client.set_tag(run_id, ENV_TAG, data["env_fingerprint"])
     return data
 
 
 def read_record(run_id: str, *, uri: str | None = None) -> dict[str, Any] | None:
-    from ftmagic.tracking import store
+    from ftmagic.tracking import artifacts
 
-    return store.read_json(run_id, RECORD_FILE, uri=uri)
+    return artifacts.read_json(run_id, RECORD_FILE, uri=uri)
 
 
 def changes(original: dict[str, Any], again: dict[str, Any]) -> list[str]:
@@ -127,9 +127,9 @@ def _short(digest: str | None) -> str:
 
 def summary(run_id: str, *, uri: str | None = None) -> str | None:
     """For a rerun: whether its data and environment match the original's; None otherwise."""
-    from ftmagic.tracking import store
+    from ftmagic.tracking import client
 
-    original_id = store.client(uri).get_run(run_id).data.tags.get(RERUN_OF_TAG)
+    original_id = client.client(uri).get_run(run_id).data.tags.get(RERUN_OF_TAG)
     if not original_id:
         return None
     original, again = read_record(original_id, uri=uri), read_record(run_id, uri=uri)
