@@ -15,6 +15,7 @@ from fixtures_train import fast_config
 from ftmagic.config import RunConfig
 from ftmagic.data import estimate
 from ftmagic.data.validate import validate
+from ftmagic.train.calibration import measure
 
 train_env = fixtures_train.train_env
 
@@ -58,9 +59,9 @@ def test_calibration_is_cached_per_model_and_device(train_env: dict[str, Any]) -
         entries.pop(key, None)
         path.write_text(json.dumps(entries))
     before = time.time()
-    first = estimate.calibrate_model(config, plan)
+    first = estimate.calibrate_model(config, plan, measure)
     assert first.measured_at >= before
-    again = estimate.calibrate_model(config, plan)
+    again = estimate.calibrate_model(config, plan, measure)
     assert again == first  # read back, not measured again
     assert (first.rows, first.width) == (1, 128)  # the row shape rounded to a power of two
     assert first.micro_seconds > 0 and first.load_seconds > 0 and first.save_seconds > 0
@@ -101,7 +102,7 @@ def test_time_estimate_within_half_of_the_measured_time(train_env: dict[str, Any
             validate_inputs=True,
             **changes,
         )
-        report = validate(config)  # calibrates (or reads the cache) as a user's check does
+        report = validate(config, measure=measure)  # calibrates as ftmagic.validate does
         assert report.ok, report.errors
         # Load on a shared machine only ever adds time, so each run is timed twice and the
         # estimate is held to the quicker one, as benchmarks take the best of several.

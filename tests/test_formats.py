@@ -30,7 +30,7 @@ QA = [
 
 
 def check(config: RunConfig) -> ValidationReport:
-    return validate(config, calibrate=False)
+    return validate(config)
 
 
 def jsonl(path: Path, rows: list[dict[str, Any]]) -> str:

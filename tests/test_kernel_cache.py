@@ -38,17 +38,17 @@ def test_validation_of_unchanged_data_is_cached(tmp_path: Path) -> None:
     data.write_text((row + "\n") * 6, encoding="utf-8")
     config = RunConfig(model="ftmagic/tiny-chat", train_data_path=str(data))
     validation.clear_validation_cache()
-    first = validation.validate(config, calibrate=False)
+    first = validation.validate(config)
     assert first.num_examples == 6 and len(validation._validation_cache) == 1
-    again = validation.validate(config, calibrate=False)
+    again = validation.validate(config)
     assert (
         again is not first and again.num_examples == 6 and again.total_tokens == first.total_tokens
     )
     again.warnings.append("changed by the caller")
-    assert "changed by the caller" not in validation.validate(config, calibrate=False).warnings
+    assert "changed by the caller" not in validation.validate(config).warnings
     data.write_text((row + "\n") * 9, encoding="utf-8")
     os.utime(data, ns=(1, 1))  # a new mtime even on a coarse clock
-    assert validation.validate(config, calibrate=False).num_examples == 9
+    assert validation.validate(config).num_examples == 9
     assert len(validation._validation_cache) == 2
     assert (
         validation.validation_key(RunConfig(train_data_path="s3://bucket/x.jsonl"), 20, True)

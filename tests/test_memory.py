@@ -186,7 +186,7 @@ def test_validation_report_shows_the_memory_estimate(tmp_path: Path) -> None:
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(source.read_text().splitlines()[:40]) + "\n")
     config = RunConfig(model="ftmagic/tiny-chat", train_data_path=str(data), packing=False)
-    report = validate(config, calibrate=False)
+    report = validate(config)
     assert report.ok, report.errors
     assert report.memory is not None and report.memory.setup.method == "full"
     # Unpacked rows are as wide as the longest example, which sizes the attention mask.

@@ -233,7 +233,7 @@ def test_validate_warns_on_empty_answers_and_counts_split_examples(
     rows = [{"messages": INLINE}, {"messages": [QUESTION_1, {"role": "assistant", "content": ""}]}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = RunConfig(model=str(qwen3_dir), train_data_path=str(data), chat_turns="split")
-    report = validate(config, calibrate=False)
+    report = validate(config)
     assert report.ok, report.errors
     assert report.num_examples == 3  # two turns of line 1, one of line 2
     tokenizer = tokenizer_for("qwen3")

@@ -199,7 +199,7 @@ def test_validate_warns_once_about_names_the_template_ignores(
     }
     data.write_text(json.dumps(record) + "\n" + json.dumps(TOOL_RECORD) + "\n")
     config = RunConfig(model=str(qwen_dir), train_data_path=str(data))
-    report = validate(config, calibrate=False)
+    report = validate(config)
     assert report.ok, report.errors
     names = [w for w in report.warnings if "'name'" in w]
     assert names == [

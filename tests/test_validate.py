@@ -10,7 +10,6 @@ import pytest
 import ftmagic
 from ftmagic import examples
 from ftmagic.config import RunConfig
-from ftmagic.data.counting import TokenCounter
 from ftmagic.data.readers import iter_records, iter_text_files
 from ftmagic.data.render import chunk_texts, render
 from ftmagic.data.validate import Histogram, ValidationReport, validate
@@ -108,24 +107,12 @@ def test_chat_file_given_as_pretraining_names_the_task(tmp_path: Path) -> None:
     assert report.errors[0].fix == "set task_type: CHAT_COMPLETION"
 
 
-def test_fallback_to_render_when_batched_counts_disagree() -> None:
-    tokenizer = load_tokenizer("ftmagic/tiny-chat")
-    counter = TokenCounter(tokenizer, "CHAT_COMPLETION")
-    counter._turn_end = ""  # as if the template's end-of-turn marker were not recognised
-    records = list(iter_records(NER))[:40]
-    counts = counter.count_records(records, None)
-    assert counter.exact
-    exact = [render(tokenizer, r.data, "CHAT_COMPLETION") for r in records]
-    assert [(c.length, c.trained) for c in counts] == [  # type: ignore[union-attr]
-        (len(e.input_ids), e.num_trained) for e in exact
-    ]
-
-
 def test_steps_are_the_trainers_and_time_is_calibrated(tmp_path: Path) -> None:
     """Steps come from the trainer's packing plan (not full rows); the time from a measured
     calibration, split by phase (the estimate's accuracy is tested in test_estimate)."""
     from ftmagic.data.dataset import load_examples
     from ftmagic.data.plan import make_plan
+    from ftmagic.train.calibration import measure
 
     data = tmp_path / "ner.jsonl"
     with open(NER, encoding="utf-8") as handle:
@@ -137,7 +124,7 @@ def test_steps_are_the_trainers_and_time_is_calibrated(tmp_path: Path) -> None:
         tokens_per_batch=1024,
         micro_batch_tokens=1024,
     )
-    report = validate(config)
+    report = validate(config, measure=measure)
     examples = load_examples(config, load_tokenizer(config.model))
     planned = make_plan(examples, config, report.context_length or 0)
     assert report.estimated_steps == len(planned.steps) > config.total_steps(report.stats())

@@ -33,8 +33,9 @@ def get_models(*, include_retired: bool = True) -> ModelList:
 def validate(config: ConfigLike = None, /, **kwargs: Any) -> ValidationReport:
     """Validate a run's data and settings; returns a report (never raises for bad data)."""
     from ftmagic.data.validate import validate as impl
+    from ftmagic.train.calibration import measure
 
-    return impl(RunConfig.coerce(config, **kwargs))
+    return impl(RunConfig.coerce(config, **kwargs), measure=measure)
 
 
 def preview(

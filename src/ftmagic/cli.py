@@ -175,8 +175,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from ftmagic.data.validate import validate
+    from ftmagic.train.calibration import measure
 
-    report = validate(config_from_args(args), max_errors=args.max_errors)
+    report = validate(config_from_args(args), max_errors=args.max_errors, measure=measure)
     print(report)
     return 0 if report.ok else 1
 

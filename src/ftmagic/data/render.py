@@ -13,16 +13,30 @@ tokens are never trained; nor are assistant turns with ``weight: 0``.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import itertools
 import json
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from ftmagic.data.rules import (
+    CHAT,
+    INSTRUCTION,
+    PRETRAIN,
+    REASONING_FIELDS,
+    THINK_CLOSE,
+    THINK_OPEN,
+    has_tool_calls,
+    is_trained,
+    reasoning_of,
+    require_instruction,
+    require_messages,
+    require_text,
+)
 from ftmagic.errors import DataError
-
-CHAT = "CHAT_COMPLETION"
-INSTRUCTION = "INSTRUCTION_FINETUNE"
-PRETRAIN = "CONTINUED_PRETRAIN"
 
 Span = tuple[int, int]
 
@@ -45,6 +59,17 @@ class TokenizedExample:
         return len(self.input_ids)
 
 
+class Plan(NamedTuple):
+    """One example before tokenization: its text, the character spans whose tokens are trained
+    (None: every token), whether the tokenizer adds its special tokens, and whether an EOS ends
+    it. ``render`` tokenizes one plan; ``TokenCounter`` tokenizes a batch of them."""
+
+    text: str
+    spans: list[Span] | None
+    special_tokens: bool = False
+    eos: bool = False
+
+
 def render(
     tokenizer: Any,
     data: dict[str, Any],
@@ -61,19 +86,80 @@ def render(
     nothing would be trained. With ``options.turns == "split"`` a chat record makes several
     examples: use ``render_examples``; here the record is rendered as its last turn.
     """
+    plan = plan_example(tokenizer, data, task_type, source=source, line=line, options=options)
+    want = plan.spans is not None
+    encoded = tokenizer(
+        plan.text, add_special_tokens=plan.special_tokens, return_offsets_mapping=want
+    )
+    offsets = encoded["offset_mapping"] if want else None
+    ids, trained = plan_tokens(tokenizer, plan, list(encoded["input_ids"]), offsets)
+    return finish_example(ids, trained, task_type, max_length, source=source, line=line)
+
+
+def plan_example(
+    tokenizer: Any,
+    data: dict[str, Any],
+    task_type: str,
+    *,
+    source: str | None = None,
+    line: int | None = None,
+    options: ChatOptions | None = None,
+) -> Plan:
+    """What ``render`` tokenizes for one record, or the ``DataError`` it raises."""
     if task_type == CHAT:
-        ids, trained = render_chat(tokenizer, data, source=source, line=line, options=options)
-    elif task_type == INSTRUCTION:
-        ids, trained = render_instruction(tokenizer, data, source=source, line=line)
-    elif task_type == PRETRAIN:
-        ids, trained = render_text(tokenizer, data, source=source, line=line)
-    else:
-        raise DataError(
-            f"unknown task_type {task_type!r}",
-            source=source,
-            line=line,
-            fix="use CHAT_COMPLETION, INSTRUCTION_FINETUNE or CONTINUED_PRETRAIN",
-        )
+        return chat_plan(tokenizer, data, source=source, line=line, options=options)
+    if task_type == INSTRUCTION:
+        prompt, response = require_instruction(data, source=source, line=line)
+        text = prompt + response
+        return Plan(text, [(len(prompt), len(text))], special_tokens=True, eos=True)
+    if task_type == PRETRAIN:
+        return Plan(require_text(data, source=source, line=line), None, eos=True)
+    raise DataError(
+        f"unknown task_type {task_type!r}",
+        source=source,
+        line=line,
+        fix="use CHAT_COMPLETION, INSTRUCTION_FINETUNE or CONTINUED_PRETRAIN",
+    )
+
+
+def plan_tokens(
+    tokenizer: Any, plan: Plan, ids: list[int], offsets: list[Span] | None
+) -> tuple[list[int], list[bool]]:
+    """The ids and trained flags of a plan whose text tokenized to ``ids`` with character
+    ``offsets``: a token is trained when it overlaps a trained span; then the EOS, if any."""
+    trained = [True] * len(ids) if plan.spans is None else trained_flags(offsets or [], plan.spans)
+    return _with_eos(tokenizer, ids, trained) if plan.eos else (ids, trained)
+
+
+def trained_flags(offsets: list[Span], spans: list[Span]) -> list[bool]:
+    """For each token's character offsets, whether it overlaps one of the ``spans``."""
+    if len(spans) == 1:
+        ((first, last),) = spans
+        return [start < last and first < end for start, end in offsets]
+    if not all(a[0] <= a[1] <= b[0] <= b[1] for a, b in itertools.pairwise(spans)):
+        return [
+            any(start < span_end and span_start < end for span_start, span_end in spans)
+            for start, end in offsets
+        ]
+    # Spans in order and apart: only the first span ending after a token's start can overlap it.
+    starts, ends, count = [s for s, _ in spans], [e for _, e in spans], len(spans)
+    return [
+        j < count and starts[j] < end
+        for start, end in offsets
+        for j in (bisect.bisect_right(ends, start),)
+    ]
+
+
+def finish_example(
+    ids: list[int],
+    trained: list[bool],
+    task_type: str,
+    max_length: int | None,
+    *,
+    source: str | None = None,
+    line: int | None = None,
+) -> TokenizedExample:
+    """The example truncated to ``max_length``, or the error when no trained token is left."""
     example = TokenizedExample(ids, trained, False, source, line)
     if max_length is not None and len(ids) > max_length:
         example = TokenizedExample(ids[:max_length], trained[:max_length], True, source, line)
@@ -93,8 +179,6 @@ def render_examples(
     options: ChatOptions | None = None,
 ) -> list[TokenizedExample]:
     """The examples one record makes: one, or one per assistant turn with ``turns: split``."""
-    split = task_type == CHAT and options is not None and options.turns == "split"
-    records = split_turns(data) if split and isinstance(data, dict) else [data]
     return [
         render(
             tokenizer,
@@ -105,8 +189,16 @@ def render_examples(
             line=line,
             options=options,
         )
-        for r in records
+        for r in example_records(data, task_type, options)
     ]
+
+
+def example_records(
+    data: dict[str, Any], task_type: str, options: ChatOptions | None
+) -> list[dict[str, Any]]:
+    """The record itself, or with ``turns: split`` one record per trained assistant turn."""
+    split = task_type == CHAT and options is not None and options.turns == "split"
+    return split_turns(data) if split and isinstance(data, dict) else [data]
 
 
 def _nothing_trained(
@@ -137,8 +229,6 @@ def _nothing_trained(
 # --- chat ------------------------------------------------------------------------------------
 
 TURN_MODES = ("all", "last", "split")
-REASONING_FIELDS = ("reasoning_content", "thinking")
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True)
@@ -175,17 +265,17 @@ class ChatLayout:
     serving_diff: str | None = None
 
 
-def render_chat(
+def chat_plan(
     tokenizer: Any,
     data: dict[str, Any],
     *,
     source: str | None = None,
     line: int | None = None,
     options: ChatOptions | None = None,
-) -> tuple[list[int], list[bool]]:
-    """Token ids and trained flags of a ``{"messages": [...]}`` conversation."""
+) -> Plan:
+    """The rendered text and trained spans of a ``{"messages": [...]}`` conversation."""
     options = options or ChatOptions()
-    messages = _messages(data, source, line)
+    messages = require_messages(data, source=source, line=line)
     layout = chat_layout(
         tokenizer,
         messages,
@@ -195,7 +285,7 @@ def render_chat(
         source=source,
         line=line,
     )
-    return tokenize_with_spans(tokenizer, layout.text, layout.spans, add_special_tokens=False)
+    return Plan(layout.text, layout.spans)
 
 
 def split_turns(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -204,21 +294,9 @@ def split_turns(data: dict[str, Any]) -> list[dict[str, Any]]:
     records = []
     for i, message in enumerate(messages):
         assistant = isinstance(message, dict) and message.get("role") == "assistant"
-        if assistant and message.get("weight", 1) != 0:
+        if assistant and is_trained(message):
             records.append({**data, "messages": messages[: i + 1]})
     return records or [data]
-
-
-def chat_spans(
-    tokenizer: Any,
-    messages: list[dict[str, Any]],
-    *,
-    source: str | None = None,
-    line: int | None = None,
-) -> tuple[str, list[Span]]:
-    """The rendered conversation and the character span of each trained assistant turn."""
-    layout = chat_layout(tokenizer, messages, source=source, line=line)
-    return layout.text, layout.spans
 
 
 def chat_layout(
@@ -241,48 +319,54 @@ def chat_layout(
     DeepSeek-R1 distills), it is written after the generation prompt as the model generates it.
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise DataError(
-            "the model's tokenizer has no chat template",
-            source=source,
-            line=line,
-            field="messages",
-            fix="use an instruct/chat model, or task_type INSTRUCTION_FINETUNE with "
-            "prompt/response records",
-        )
+        raise no_chat_template(source=source, line=line)
     messages = prepare_messages(messages, fold_system=fold_system)
     _check_tool_support(tokenizer, messages, tools, source, line)
-    render_ = _Renderer(tokenizer, tools, source, line)
-    assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    render_ = _Renderer(tokenizer, messages, tools, source, line)
+    # (reasoning, answer) of each assistant message, in order.
+    parts = {i: reasoning_of(m) for i, m in enumerate(messages) if m["role"] == "assistant"}
+    assistants = list(parts)
     last = assistants[-1]
     notes: list[str] = []
-    text, last_start = _text_with_last_turn(render_, messages, last, notes)
-    anchors, starts = _content_positions(text, messages, source, line)
-    closing = turn_closing(tokenizer)
-    specials = _special_strings(tokenizer)
-    stop = getattr(tokenizer, "eos_token", None)
+    text, last_start = _text_with_last_turn(render_, last, parts[last], notes)
+    anchors, starts = _content_positions(text, messages, parts, source, line)
+    facts = render_.facts
     turn_spans: dict[int, Span] = {}
     serving_diff = None
     for i in assistants:
-        prompt = render_(messages[:i], True)
+        prompt = render_.prefix(i, True)
         if i == last and last_start is not None:
             start = last_start
         else:
-            start = _turn_start(prompt, text, anchors[i], messages[i])
-        limit = starts[i + 1] if i + 1 < len(messages) else len(text)
-        if limit is None:  # the next message's text is not in the rendering as it is
-            limit = len(_common_prefix(render_(messages[: i + 1], False), text))
-        end = _turn_end(text, (start, limit), messages[i], closing, (stop, specials))
+            start = _turn_start(prompt, text, anchors[i], parts[i][1])
+        limit = _turn_limit(render_, text, starts, i)
+        ends = (facts.stop, facts.specials)
+        end = _turn_end(text, (start, limit), parts[i][1], facts.closing, ends)
         turn_spans[i] = (start, end)
-        _check_tool_calls(tokenizer, messages[i], text[start:end], i, (source, line))
-        if serving_diff is None and text[:start] != prompt:
+        if has_tool_calls(messages[i]):
+            _check_tool_calls(tokenizer, messages[i], text[start:end], i, (source, line))
+        if serving_diff is None and not (start == len(prompt) and text.startswith(prompt)):
             serving_diff = _serving_diff(i, text[:start], prompt)
-        _note_rewrites(i, messages[i], text[start:end], notes)
+        _note_rewrites(i, messages[i], parts[i][0], text, (start, end), notes)
     trained = [
         turn_spans[i]
         for i in assistants
-        if messages[i].get("weight", 1) != 0 and (not last_only or i == last)
+        if is_trained(messages[i]) and (not last_only or i == last)
     ]
     return ChatLayout(text, trained, turn_spans, notes, serving_diff)
+
+
+def no_chat_template(
+    *, source: str | None = None, line: int | None = None, field: str = "messages"
+) -> DataError:
+    return DataError(
+        "the model's tokenizer has no chat template",
+        source=source,
+        line=line,
+        field=field,
+        fix="use an instruct/chat model, or task_type INSTRUCTION_FINETUNE with prompt/response "
+        "records",
+    )
 
 
 def prepare_messages(
@@ -299,12 +383,8 @@ def prepare_messages(
             # null content is empty text; JSON-string arguments become the dict templates expect.
             copy["content"] = copy.get("content") or ""
             copy["tool_calls"] = [_parsed_arguments(c) for c in copy["tool_calls"]]
-        reasoning = next(
-            (copy[f] for f in REASONING_FIELDS if isinstance(copy.get(f), str) and copy[f]), None
-        )
-        if reasoning is not None:
-            for name in REASONING_FIELDS:
-                copy[name] = reasoning
+        if not copy.keys().isdisjoint(REASONING_FIELDS):
+            _share_reasoning(copy)
         out.append(copy)
     if fold_system and out and out[0]["role"] == "system":
         system, rest = out[0], out[1:]
@@ -315,6 +395,16 @@ def prepare_messages(
                 break
         out = rest
     return out
+
+
+def _share_reasoning(message: dict[str, Any]) -> None:
+    reasoning = next(
+        (message[f] for f in REASONING_FIELDS if isinstance(message.get(f), str) and message[f]),
+        None,
+    )
+    if reasoning is not None:
+        for name in REASONING_FIELDS:
+            message[name] = reasoning
 
 
 def _parsed_arguments(call: Any) -> Any:
@@ -356,41 +446,58 @@ def _string_arguments(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def reasoning_of(message: dict[str, Any]) -> tuple[str, str]:
-    """``(reasoning, answer)`` of an assistant message: the reasoning from a separate field or
-    from a ``<think>…</think>`` block at the start of the content; the answer is the rest."""
-    content = message.get("content") or ""
-    if not isinstance(content, str):
-        content = ""
-    for name in REASONING_FIELDS:
-        value = message.get(name)
-        if isinstance(value, str) and value.strip():
-            return value.strip(), content.strip()
-    if THINK_CLOSE in content:
-        head, _, answer = content.partition(THINK_CLOSE)
-        return head.split(THINK_OPEN)[-1].strip(), answer.strip()
-    return "", content.strip()
-
-
 class _Renderer:
-    """``apply_chat_template`` with the record's tools, as a ``DataError`` when it refuses."""
+    """``apply_chat_template`` of a conversation's first messages (each prefix rendered once)
+    or of other messages, with the record's tools, as a ``DataError`` when it refuses."""
 
-    def __init__(self, tokenizer: Any, tools: Any, source: str | None, line: int | None):
-        self.tokenizer, self.tools, self.source, self.line = tokenizer, tools, source, line
+    def __init__(
+        self,
+        tokenizer: Any,
+        messages: list[dict[str, Any]],
+        tools: Any,
+        source: str | None,
+        line: int | None,
+    ):
+        self.tokenizer, self.messages, self.tools = tokenizer, messages, tools
+        self.source, self.line = source, line
+        self.facts = _facts(tokenizer)
+        self.direct = None if tools else self.facts.direct
+        self.plain = self.direct is not None and _plain(messages)
+        self.done: dict[tuple[int, bool], str] = {}
 
-    def __call__(self, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+    def prefix(self, count: int, generation_prompt: bool) -> str:
+        """The rendering of the first ``count`` messages."""
+        key = (count, generation_prompt)
+        if key not in self.done:
+            self.done[key] = self(self.messages[:count], generation_prompt, self.plain)
+        return self.done[key]
+
+    def __call__(
+        self, messages: list[dict[str, Any]], generation_prompt: bool, plain: bool | None = None
+    ) -> str:
+        if plain is None:
+            plain = self.direct is not None and _plain(messages)
+        # apply_chat_template refuses an empty conversation: only it gives that error.
+        direct = self.direct if plain and messages else None
         return _apply(
-            self.tokenizer, messages, generation_prompt, self.source, self.line, tools=self.tools
+            self.tokenizer,
+            messages,
+            generation_prompt,
+            self.source,
+            self.line,
+            tools=self.tools,
+            direct=direct,
         )
 
 
 def _text_with_last_turn(
-    render_: _Renderer, messages: list[dict[str, Any]], last: int, notes: list[str]
+    render_: _Renderer, last: int, parts: tuple[str, str], notes: list[str]
 ) -> tuple[str, int | None]:
     """The text to train on and, when known, where the last assistant turn starts in it."""
-    full = render_(messages, False)
-    prompt = render_(messages[:last], True)
-    reasoning, answer = reasoning_of(messages[last])
+    messages = render_.messages
+    full = render_.prefix(len(messages), False)
+    prompt = render_.prefix(last, True)
+    reasoning, answer = parts
     if full.startswith(prompt) and (not reasoning or reasoning in full[len(prompt) :]):
         return full, len(prompt)
     if not reasoning:
@@ -422,13 +529,12 @@ def _overlap(prompt: str, written: str) -> int:
     return 0
 
 
-def _turn_start(prompt: str, text: str, anchor: int, message: dict[str, Any]) -> int:
+def _turn_start(prompt: str, text: str, anchor: int, answer: str) -> int:
     """Where an assistant turn starts in ``text``: the end of its header, found as the part of
     the generation prompt ``text`` shares; by search when the template moves text around."""
     shared = len(_common_prefix(prompt, text))
     if shared >= anchor:
         return shared
-    _, answer = reasoning_of(message)
     start = text.find(answer, anchor) if answer else anchor
     # Spaces the template puts right before the answer (Mistral's "[/INST] ") are generated by the
     # model, as the prefix method finds, since they are not part of any generation prompt.
@@ -437,10 +543,22 @@ def _turn_start(prompt: str, text: str, anchor: int, message: dict[str, Any]) ->
     return start
 
 
+def _turn_limit(render_: _Renderer, text: str, starts: list[int | None], i: int) -> int:
+    """Where the text after assistant turn ``i`` starts: the next message's text, the end, or
+    (when the next message's text is not in the rendering as it is) where the rendering up to the
+    turn stops matching."""
+    if i + 1 >= len(starts):
+        return len(text)
+    after = starts[i + 1]
+    if after is not None:
+        return after
+    return len(_common_prefix(render_.prefix(i + 1, False), text))
+
+
 def _turn_end(
     text: str,
     bounds: tuple[int, int],
-    message: dict[str, Any],
+    answer: str,
     closing: str,
     ends: tuple[str | None, list[str]],
 ) -> int:
@@ -450,7 +568,6 @@ def _turn_end(
     after the first special token after the answer."""
     start, limit = bounds
     stop, specials = ends
-    _, answer = reasoning_of(message)
     at = text.find(answer, start, limit) if answer else -1
     after = at + len(answer) if at >= 0 else start
     if closing:
@@ -463,14 +580,15 @@ def _turn_end(
     return after + _end_of_turn(region, 0, specials)
 
 
-def _note_rewrites(i: int, message: dict[str, Any], turn: str, notes: list[str]) -> None:
-    reasoning, _ = reasoning_of(message)
-    if reasoning and reasoning not in turn:
+def _note_rewrites(
+    i: int, message: dict[str, Any], reasoning: str, text: str, span: Span, notes: list[str]
+) -> None:
+    if reasoning and reasoning not in text[span[0] : span[1]]:
         notes.append(
             f"messages[{i}]: the template drops this turn's reasoning; the answer is trained "
             "without it (train every turn's reasoning with chat_turns: split)"
         )
-    if message.get("weight", 1) == 0:
+    if not is_trained(message):
         notes.append(f"messages[{i}]: weight 0, rendered but not trained")
 
 
@@ -484,18 +602,121 @@ def _serving_diff(i: int, training: str, serving: str) -> str:
     )
 
 
-_CLOSINGS: dict[tuple[int, str], str] = {}
-
-
 def turn_closing(tokenizer: Any) -> str:
     """The text the template closes every assistant turn with, that is trained so the model
     learns to stop: what follows an answer both at the end of a conversation and before the next
     user turn, up to its last stop token (the tokenizer's eos), else its last special token.
     Command R7B gives ``<|END_RESPONSE|><|END_OF_TURN_TOKEN|>``, Llama 3 ``<|eot_id|>``."""
-    key = (id(tokenizer), str(getattr(tokenizer, "chat_template", "")))
-    if key not in _CLOSINGS:
-        _CLOSINGS[key] = _probe_closing(tokenizer)
-    return _CLOSINGS[key]
+    return _facts(tokenizer).closing
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What rendering reads from a tokenizer and its template, found once for both."""
+
+    template: Any
+    stop: str | None
+    closing: str
+    specials: list[str]
+    direct: Callable[[list[dict[str, Any]], bool], str] | None
+
+
+_FACTS: weakref.WeakKeyDictionary[Any, _Facts] = weakref.WeakKeyDictionary()
+
+
+def _facts(tokenizer: Any) -> _Facts:
+    template = getattr(tokenizer, "chat_template", None)
+    stop = getattr(tokenizer, "eos_token", None)
+    try:
+        facts = _FACTS.get(tokenizer)
+    except TypeError:  # a tokenizer that cannot be a weak key: found again each time
+        facts = None
+    if facts is not None and facts.template == template and facts.stop == stop:
+        return facts
+    facts = _Facts(
+        template,
+        stop,
+        _probe_closing(tokenizer),
+        _special_strings(tokenizer),
+        _direct_renderer(tokenizer),
+    )
+    with contextlib.suppress(TypeError):
+        _FACTS[tokenizer] = facts
+    return facts
+
+
+def _direct_renderer(tokenizer: Any) -> Callable[[list[dict[str, Any]], bool], str] | None:
+    """``apply_chat_template(tokenize=False)`` without its copying and normalising of every
+    message, which costs more than rendering: transformers' own compiled template, rendered with
+    the same variables, for messages that are plain JSON already (``_plain``). The variables and
+    the template's globals are merged once rather than on every rendering. None when it does not
+    give the public call's text on a probe, or without the helper."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str):
+        return None
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        compiled = _compile_jinja_template(template)
+        specials = tokenizer.special_tokens_map
+        fixed = {**compiled.globals, **specials, "tools": None, "documents": None}
+        concat, root = compiled.environment.concat, compiled.root_render_func
+    except Exception:  # an older or newer transformers or jinja2: the public call
+        return None
+
+    def direct(messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+        variables = {**fixed, "messages": messages, "add_generation_prompt": generation_prompt}
+        return str(concat(root(compiled.new_context(variables, shared=True))))
+
+    def public(messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+        return str(
+            tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation_prompt
+            )
+        )
+
+    probes = [(_PROBE[:1], True), (_PROBE[:2], False), (_PROBE, True)]
+    try:
+        same = all(direct(m, g) == public(m, g) for m, g in probes)
+    except Exception:  # the template needs something only apply_chat_template provides
+        same = False
+    return direct if same else None
+
+
+_PROBE = [
+    {"role": "user", "content": "Ftmagic probe question"},
+    {"role": "assistant", "content": "Ftmagic probe answer"},
+    {"role": "user", "content": "Ftmagic probe follow-up"},
+]
+_ALIASED = ("reasoning_content", "thinking", "reasoning")
+
+
+def _plain(messages: list[Any]) -> bool:
+    """Messages that apply_chat_template would pass to the template unchanged: dicts of plain
+    JSON values, with no None (it drops those keys) and no reasoning field (it adds aliases)."""
+    for message in messages:
+        if type(message) is not dict or not message.keys().isdisjoint(_ALIASED):
+            return False
+        if not _plain_json(message):
+            return False
+    return True
+
+
+def _plain_json(value: Any) -> bool:
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or (type(item) is not str and not _plain_json(item)):
+                return False
+        return True
+    if kind is list:
+        return all(_plain_json(v) for v in value)
+    return False
+
+
+_SCALARS = (str, int, float, bool)
 
 
 def _probe_closing(tokenizer: Any) -> str:
@@ -527,7 +748,7 @@ def _check_tool_support(
     source: str | None,
     line: int | None,
 ) -> None:
-    uses = bool(tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
+    uses = bool(tools) or any(m["role"] == "tool" or has_tool_calls(m) for m in messages)
     if uses and "tool" not in str(tokenizer.chat_template):
         name = getattr(tokenizer, "name_or_path", "") or "this model"
         raise DataError(
@@ -565,40 +786,6 @@ def template_reads_name(tokenizer: Any) -> bool:
     return any(s in template for s in ("message.name", "message['name']", 'message["name"]'))
 
 
-def _messages(data: Any, source: str | None, line: int | None) -> list[dict[str, Any]]:
-    messages = data.get("messages") if isinstance(data, dict) else None
-    if not isinstance(messages, list) or not messages:
-        raise DataError(
-            "a chat record needs a non-empty 'messages' list",
-            source=source,
-            line=line,
-            field="messages",
-            fix='write each line as {"messages": [{"role": "user", "content": "..."}, ...]}',
-        )
-    for i, message in enumerate(messages):
-        ok = isinstance(message, dict) and isinstance(message.get("role"), str)
-        content = message.get("content") if ok else None
-        tool_call = ok and message.get("role") == "assistant" and bool(message.get("tool_calls"))
-        if not ok or not (isinstance(content, str) or (content is None and tool_call)):
-            raise DataError(
-                "each message needs a string 'role' and a string 'content'",
-                source=source,
-                line=line,
-                field=f"messages[{i}]",
-                value=message,
-                fix='use {"role": "user"|"assistant"|"system", "content": "..."}',
-            )
-    if not any(m["role"] == "assistant" for m in messages):
-        raise DataError(
-            "a chat record needs at least one assistant message",
-            source=source,
-            line=line,
-            field="messages",
-            fix="end the conversation with the assistant's answer",
-        )
-    return messages
-
-
 def _apply(
     tokenizer: Any,
     messages: list[dict[str, Any]],
@@ -607,10 +794,11 @@ def _apply(
     line: int | None,
     *,
     tools: Any = None,
+    direct: Callable[[list[dict[str, Any]], bool], str] | None = None,
 ) -> str:
-    from jinja2 import TemplateError
-
     def apply(messages: list[dict[str, Any]]) -> Any:
+        if direct is not None:
+            return direct(messages, generation_prompt)
         return tokenizer.apply_chat_template(
             messages, tools=tools or None, tokenize=False, add_generation_prompt=generation_prompt
         )
@@ -620,7 +808,11 @@ def _apply(
             text = apply(messages)
         except TypeError:  # a template that joins tool-call arguments as text (DeepSeek-R1)
             text = apply(_string_arguments(messages))
-    except (TemplateError, TypeError) as err:
+    except Exception as err:
+        from jinja2 import TemplateError
+
+        if not isinstance(err, TemplateError | TypeError):
+            raise
         raise _template_error(tokenizer, messages, err, source, line) from None
     return str(text)
 
@@ -654,7 +846,11 @@ def _template_error(
 
 
 def _content_positions(
-    full: str, messages: list[dict[str, Any]], source: str | None, line: int | None
+    full: str,
+    messages: list[dict[str, Any]],
+    parts: dict[int, tuple[str, str]],
+    source: str | None,
+    line: int | None,
 ) -> tuple[list[int], list[int | None]]:
     """Where the search for each message may start in ``full`` (the end of the previous turn's
     text), and where each message's text starts (None when not found as it is, or empty).
@@ -665,7 +861,7 @@ def _content_positions(
     cursor = 0
     for i, message in enumerate(messages):
         role = message["role"]
-        content = reasoning_of(message)[1] if role == "assistant" else _text(message)
+        content = parts[i][1] if role == "assistant" else _text(message)
         start = cursor if role != "system" else 0
         pos = full.find(content, start) if content else start
         if pos < 0 and role == "tool":
@@ -729,63 +925,7 @@ def _common_prefix(a: str, b: str) -> str:
     return a[:n]
 
 
-def tokenize_with_spans(
-    tokenizer: Any, text: str, spans: list[Span], *, add_special_tokens: bool
-) -> tuple[list[int], list[bool]]:
-    """Tokenize ``text`` once and flag each token that overlaps one of the character ``spans``."""
-    encoded = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-    ids = list(encoded["input_ids"])
-    trained = [
-        any(start < span_end and span_start < end for span_start, span_end in spans)
-        for start, end in encoded["offset_mapping"]
-    ]
-    return ids, trained
-
-
-# --- instruction and plain text --------------------------------------------------------------
-
-
-def render_instruction(
-    tokenizer: Any, data: dict[str, Any], *, source: str | None = None, line: int | None = None
-) -> tuple[list[int], list[bool]]:
-    """``prompt`` + ``response`` with no template; the response and EOS are trained."""
-    prompt = data.get("prompt") if isinstance(data, dict) else None
-    key = "response" if isinstance(data, dict) and "response" in data else "completion"
-    response = data.get(key) if isinstance(data, dict) else None
-    for name, value in (("prompt", prompt), (key, response)):
-        if not isinstance(value, str):
-            raise DataError(
-                f"an instruction record needs a string '{name}'",
-                source=source,
-                line=line,
-                field=name,
-                value=value,
-                fix='write each line as {"prompt": "...", "response": "..."}',
-            )
-    assert isinstance(prompt, str) and isinstance(response, str)
-    text = prompt + response
-    ids, trained = tokenize_with_spans(
-        tokenizer, text, [(len(prompt), len(text))], add_special_tokens=True
-    )
-    return _with_eos(tokenizer, ids, trained)
-
-
-def render_text(
-    tokenizer: Any, data: dict[str, Any], *, source: str | None = None, line: int | None = None
-) -> tuple[list[int], list[bool]]:
-    """A ``{"text": ...}`` document for continued pretraining: every token trained, then EOS."""
-    text = data.get("text") if isinstance(data, dict) else None
-    if not isinstance(text, str):
-        raise DataError(
-            "a pretraining record needs a string 'text'",
-            source=source,
-            line=line,
-            field="text",
-            value=text,
-            fix="use a folder of .txt files or records with a 'text' field",
-        )
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return _with_eos(tokenizer, ids, [True] * len(ids))
+# --- EOS, continued pretraining ---------------------------------------------------------------
 
 
 def _with_eos(tokenizer: Any, ids: list[int], trained: list[bool]) -> tuple[list[int], list[bool]]:

@@ -1,8 +1,12 @@
-"""The per-record rules of each task, as the hosted product taught them.
+"""The per-record rules of each task, as the hosted product taught them, in one place.
 
 ``check_record`` returns every broken rule of one record as a ``DataError`` naming the file, the
 line and the JSON path of the offending value (``messages[2].role``), so a user can fix the data
-in one pass. The functions are pure: no I/O, no tokenizer.
+in one pass; ``validate`` and ``preview`` apply it. The ``require_*`` functions are the smaller
+set that ``render`` needs to build an example, raising the first problem: training with
+``validate_inputs: false`` renders whatever the chat template accepts. Both read a record through
+the same helpers (``content_ok``, ``is_trained``, ``answer_field``, ``reasoning_of``). The
+functions are pure: no I/O, no tokenizer.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ CHAT = "CHAT_COMPLETION"
 INSTRUCTION = "INSTRUCTION_FINETUNE"
 PRETRAIN = "CONTINUED_PRETRAIN"
 ROLES = ("system", "user", "assistant", "tool")
+REASONING_FIELDS = ("reasoning_content", "thinking")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CHAT_SHAPE = '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", ...}]}'
 INSTRUCTION_SHAPE = '{"prompt": "...", "response": "..."}'
 
@@ -148,10 +154,9 @@ def _check_message(message: dict[str, Any], where: str, error: Any) -> list[Data
             )
         )
     content = message.get("content")
-    calls = message.get("tool_calls")
     found += _check_openai_fields(message, where, error)
-    if role == "assistant" and calls and content is None:
-        pass  # an OpenAI tool call: the assistant's content may be null
+    if content_ok(message):
+        pass
     elif "content" not in message:
         found.append(error("message has no content", f"{where}.content", fix="add content: text"))
     elif not isinstance(content, str):
@@ -290,8 +295,7 @@ def check_instruction(
                 fix="keep one of them",
             )
         )
-    answer = "completion" if "completion" in data and "response" not in data else "response"
-    for name in ("prompt", answer):
+    for name in ("prompt", answer_field(data) or "response"):
         value = data.get(name)
         if name not in data:
             rule = f"missing the '{name}' field"
@@ -338,7 +342,7 @@ def chat_notes(
         if not isinstance(message, dict) or message.get("role") != "assistant":
             continue
         content = message.get("content")
-        if message.get("tool_calls") or (isinstance(content, str) and content.strip()):
+        if has_tool_calls(message) or (isinstance(content, str) and content.strip()):
             continue
         notes.append(
             f"{where} messages[{index}].content: the assistant message is empty, so only its "
@@ -351,3 +355,121 @@ def uses_name(data: dict[str, Any]) -> bool:
     """Whether any message of a chat record has a ``name``."""
     messages = data.get("messages") if isinstance(data, dict) else None
     return any(isinstance(m, dict) and m.get("name") for m in messages or [])
+
+
+# --- reading a record: the helpers every rule and render share ------------------------------
+
+
+def content_ok(message: dict[str, Any]) -> bool:
+    """A string content, or none at all on an assistant's tool call (OpenAI writes null there)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return True
+    return content is None and message.get("role") == "assistant" and has_tool_calls(message)
+
+
+def has_tool_calls(message: dict[str, Any]) -> bool:
+    return bool(message.get("tool_calls"))
+
+
+def is_trained(message: dict[str, Any]) -> bool:
+    """Whether an assistant message is trained: ``weight: 0`` renders it but leaves it out."""
+    return bool(message.get("weight", 1) != 0)
+
+
+def answer_field(data: dict[str, Any]) -> str | None:
+    """The field holding an instruction record's answer: ``response``, else ``completion``."""
+    for name in ("response", "completion"):
+        if name in data:
+            return name
+    return None
+
+
+def reasoning_of(message: dict[str, Any]) -> tuple[str, str]:
+    """``(reasoning, answer)`` of an assistant message: the reasoning from a separate field or
+    from a ``<think>…</think>`` block at the start of the content; the answer is the rest."""
+    content = message.get("content") or ""
+    if not isinstance(content, str):
+        content = ""
+    for name in REASONING_FIELDS:
+        value = message.get(name)
+        if isinstance(value, str) and value.strip():
+            return value.strip(), content.strip()
+    if THINK_CLOSE in content:
+        head, _, answer = content.partition(THINK_CLOSE)
+        return head.split(THINK_OPEN)[-1].strip(), answer.strip()
+    return "", content.strip()
+
+
+# --- what render needs ------------------------------------------------------------------------
+
+
+def require_messages(
+    data: Any, *, source: str | None = None, line: int | None = None
+) -> list[dict[str, Any]]:
+    """The messages of a chat record, or the first reason it cannot be rendered: not a
+    non-empty list, a message without a string role and content, or no assistant message."""
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if not isinstance(messages, list) or not messages:
+        raise DataError(
+            "a chat record needs a non-empty 'messages' list",
+            source=source,
+            line=line,
+            field="messages",
+            fix='write each line as {"messages": [{"role": "user", "content": "..."}, ...]}',
+        )
+    for i, message in enumerate(messages):
+        ok = isinstance(message, dict) and isinstance(message.get("role"), str)
+        if not ok or not content_ok(message):
+            raise DataError(
+                "each message needs a string 'role' and a string 'content'",
+                source=source,
+                line=line,
+                field=f"messages[{i}]",
+                value=message,
+                fix='use {"role": "user"|"assistant"|"system", "content": "..."}',
+            )
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError(
+            "a chat record needs at least one assistant message",
+            source=source,
+            line=line,
+            field="messages",
+            fix="end the conversation with the assistant's answer",
+        )
+    return messages
+
+
+def require_instruction(
+    data: Any, *, source: str | None = None, line: int | None = None
+) -> tuple[str, str]:
+    """``(prompt, response)`` of an instruction record, or the first field that is no string."""
+    record = data if isinstance(data, dict) else {}
+    key = answer_field(record) or "completion"
+    prompt, response = record.get("prompt"), record.get(key)
+    for name, value in (("prompt", prompt), (key, response)):
+        if not isinstance(value, str):
+            raise DataError(
+                f"an instruction record needs a string '{name}'",
+                source=source,
+                line=line,
+                field=name,
+                value=value,
+                fix='write each line as {"prompt": "...", "response": "..."}',
+            )
+    return str(prompt), str(response)
+
+
+def require_text(data: Any, *, source: str | None = None, line: int | None = None) -> str:
+    """The ``text`` of a continued-pretraining record, or why it has none."""
+    text = data.get("text") if isinstance(data, dict) else None
+    if not isinstance(text, str):
+        raise DataError(
+            "a pretraining record needs a string 'text'",
+            source=source,
+            line=line,
+            field="text",
+            value=text,
+            fix="use a folder of .txt files or records with a 'text' field",
+        )
+    return text

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ftmagic.config import MAX_TOTAL_TOKENS, DatasetStats, RunConfig
 from ftmagic.data.counting import Counted, TokenCounter
@@ -47,6 +47,9 @@ from ftmagic.data.rules import (
 )
 from ftmagic.data.templates import chat_report_notes
 from ftmagic.errors import DataError, FtmagicError, ValidationFailed
+
+if TYPE_CHECKING:
+    from ftmagic.data.estimate import Measure
 
 BATCH = 512
 MIN_PRETRAIN_TOKENS = 1_500_000
@@ -295,25 +298,27 @@ _validation_lock = threading.Lock()
 
 
 def validate(
-    config: RunConfig, *, max_errors: int = 20, calibrate: bool = True
+    config: RunConfig, *, max_errors: int = 20, measure: Measure | None = None
 ) -> ValidationReport:
     """Check ``config``'s model and data against the task's rules and size the run.
 
     The time estimate comes from a short measured calibration of the model on this machine's
-    device (cached per model and device); ``calibrate=False`` uses the cache only, and without
-    a cached calibration leaves the time unknown.
+    device, cached per model and device. ``measure`` makes one when none is cached (the public
+    ``ftmagic.validate`` passes the trainer's ``ftmagic.train.calibration.measure``); without it
+    only the cache is read, and without a cached calibration the time is unknown.
 
     The report of local data is kept per process, keyed by the config and the data files' sizes
     and mtimes (``data_files_fingerprint``): validating unchanged data again returns a copy of it
     at once.
     """
+    calibrate = measure is not None
     key = validation_key(config, max_errors, calibrate)
     with _validation_lock:
         cached = _validation_cache.get(key) if key is not None else None
         if cached is not None:
             _validation_cache.move_to_end(key)  # type: ignore[arg-type]
             return copy.deepcopy(cached)
-    report = _validate(config, max_errors=max_errors, calibrate=calibrate)
+    report = _validate(config, max_errors=max_errors, measure=measure)
     if key is not None:
         with _validation_lock:
             _validation_cache[key] = copy.deepcopy(report)
@@ -359,7 +364,7 @@ def data_files_fingerprint(paths: list[str]) -> list[list[Any]] | None:
     return found
 
 
-def _validate(config: RunConfig, *, max_errors: int, calibrate: bool) -> ValidationReport:
+def _validate(config: RunConfig, *, max_errors: int, measure: Measure | None) -> ValidationReport:
     started = time.perf_counter()
     errors = ErrorLog(max_errors)
     notes: list[str] = []
@@ -413,7 +418,7 @@ def _validate(config: RunConfig, *, max_errors: int, calibrate: bool) -> Validat
     if counter is not None and train.num_examples:
         scanned = time.perf_counter() - started
         prepare = _prepare_seconds(config, tokenizer, (train, held_out), scanned)
-        _size_run(report, config, errors, (train, held_out), prepare, calibrate)
+        _size_run(report, config, errors, (train, held_out), prepare, measure)
     _advise(report, config, counter is not None)
     _advise_on_shape(report, config, train)
     if counter is not None and config.task_type == CHAT:
@@ -591,7 +596,7 @@ def _size_run(
     errors: ErrorLog,
     tallies: tuple[DataTally, DataTally],
     prepare_seconds: float,
-    calibrate: bool,
+    measure: Measure | None,
 ) -> None:
     from ftmagic.data.estimate import estimate_run
 
@@ -619,7 +624,7 @@ def _size_run(
             _sequence_lengths(held_out, config.task_type, context),
             context,
             prepare_seconds=prepare_seconds,
-            calibrate=calibrate,
+            measure=measure,
         )
     except FtmagicError as err:
         report.warnings.append(f"No time estimate: {err}")

@@ -184,7 +184,7 @@ def prepare_data(config: RunConfig, reporter: Reporter) -> PreparedData:
     if config.validate_inputs:
         from ftmagic.data.validate import validate
 
-        report = validate(config, calibrate=False)
+        report = validate(config)
         report.raise_if_failed()
         reporter.event("DATA_VALIDATED", _validation_message(report))
         if report.estimated_seconds is not None:
