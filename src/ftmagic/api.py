@@ -10,7 +10,7 @@ import builtins
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftmagic.config import RunConfig
+from ftmagic.config import RunConfig, TaskType
 
 if TYPE_CHECKING:
     from ftmagic.catalog import ModelList
@@ -42,7 +42,7 @@ def preview(
     model: str,
     example: dict[str, Any] | str,
     *,
-    task_type: str = "CHAT_COMPLETION",
+    task_type: str = TaskType.CHAT_COMPLETION,
     context_length: int | None = None,
 ) -> Preview:
     """Render one example exactly as training sees it: each token, its id, whether it is trained."""

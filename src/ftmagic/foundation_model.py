@@ -19,6 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftmagic.config import TaskType
 from ftmagic.errors import ConfigError, RunError
 from ftmagic.tracking.state import TERMINAL
 from ftmagic.tracking.state import RunStatus as TrackedStatus
@@ -226,7 +227,7 @@ def create(
     train_data_path: str,
     register_to: str | None = None,
     *,
-    task_type: str = "CHAT_COMPLETION",
+    task_type: str = TaskType.CHAT_COMPLETION,
     training_duration: str | None = None,
     learning_rate: str | float | None = None,
     context_length: int | None = None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from ftmagic.config import TaskType
 from ftmagic.data.packing import IGNORE_INDEX
 from ftmagic.data.plan import collate_rows, micro_batches
 from ftmagic.train.session import autocast, to_device
@@ -60,7 +61,7 @@ def log_generations(session: Session) -> None:
             session.tokenizer,
             eval_prompt_inputs(config),
             max_new_tokens=config.max_new_tokens,
-            chat=config.task_type == "CHAT_COMPLETION",
+            chat=config.task_type == TaskType.CHAT_COMPLETION,
         )
     if session.ctx.is_main:
         session.reporter.generations(session.state.step, rows)

@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ftmagic.config import TaskType
 from ftmagic.metrics import metric_key, resolve
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def to_sample(data: dict[str, Any], task_type: str) -> Sample | None:
     """A chat's last assistant turn as the reference, the turns before it as the prompt; or an
     instruction's prompt and response. None for other shapes."""
     messages = data.get("messages")
-    if task_type == "CHAT_COMPLETION" and isinstance(messages, list) and len(messages) > 1:
+    if task_type == TaskType.CHAT_COMPLETION and isinstance(messages, list) and len(messages) > 1:
         last = messages[-1]
         if isinstance(last, dict) and last.get("role") == "assistant":
             prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
@@ -64,7 +65,7 @@ def score(model: Any, tokenizer: Any, config: RunConfig) -> Score | None:
     samples = eval_sample(
         config.eval_data_path, config.task_type, config.eval_metric_samples, config.seed
     )
-    chat = config.task_type == "CHAT_COMPLETION"
+    chat = config.task_type == TaskType.CHAT_COMPLETION
     predictions = [
         generate(model, tokenizer, s.prompt, max_new_tokens=config.max_new_tokens, chat=chat)
         for s in samples

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftmagic.config import RunConfig, check_register_to
+from ftmagic.config import RunConfig, TaskType, check_register_to
 from ftmagic.data.plan import DataPlan, make_plan
 from ftmagic.errors import FtmagicError, RunError
 from ftmagic.tracking.state import RunStatus
@@ -285,7 +285,7 @@ def build_model(
     model = load_weights(config, resume_from)
     attention.apply(model, attn, chosen_by_auto=config.attn_implementation == "auto")
     model.config.use_cache = False
-    if config.task_type == "CHAT_COMPLETION":
+    if config.task_type == TaskType.CHAT_COMPLETION:
         message = add_stop_token(model, tokenizer)
         if message:
             reporter.event("GENERATION_CONFIG", message)

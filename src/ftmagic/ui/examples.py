@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from ftmagic.config import RunConfig
+from ftmagic.config import RunConfig, TaskType
 
 PREVIEW_CHARS = 4000  # a continued-pretraining preview shows the start of a file, not all of it
 
@@ -15,7 +15,7 @@ def first_examples(config: RunConfig, count: int) -> list[dict[str, Any] | str]:
     """Up to ``count`` examples from ``config.train_data_path``, read lazily (streaming readers)."""
     if count <= 0 or not config.train_data_path:
         return []
-    if config.task_type == "CONTINUED_PRETRAIN":
+    if config.task_type == TaskType.CONTINUED_PRETRAIN:
         from ftmagic.data.readers import iter_text_files
 
         texts = itertools.islice(iter_text_files(config.train_data_path), count)
