@@ -23,6 +23,8 @@ export interface IRunSummary {
   created: number;
   /** `[step, loss]` points in step order. */
   loss: Array<[number, number]>;
+  /** What about the run could not be read (a bad tag), else null. */
+  error: string | null;
 }
 
 /** The `GET /ftmagic/api/runs` answer, parsed. */
@@ -91,7 +93,8 @@ export function parseRun(value: unknown): IRunSummary | null {
     etaSeconds: asNumber(progress.eta_s),
     elapsedSeconds: asNumber(progress.elapsed_s),
     created: parseTime(data.created),
-    loss: parseSeries(data.loss)
+    loss: parseSeries(data.loss),
+    error: asString(data.error) || null
   };
 }
 

@@ -150,6 +150,7 @@ function RunItem(props: IRunItemProps): JSX.Element {
         </span>
       </div>
       <div className="jp-ftmagic-run-stats">{statsText(run)}</div>
+      {run.error ? <div className="jp-ftmagic-run-error">{run.error}</div> : null}
       {fraction !== null ? (
         <div className="jp-ftmagic-progressbar">
           <div style={{ width: `${Math.round(fraction * 100)}%` }} />

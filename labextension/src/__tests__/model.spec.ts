@@ -51,8 +51,14 @@ describe('parseRun', () => {
         [1, 4.0],
         [2, 3.5],
         [3, 3.1]
-      ]
+      ],
+      error: null
     });
+  });
+
+  it("keeps the server's note on a run with unreadable tags", () => {
+    const note = "tag ftmagic.total_steps is not a number: 'lots'";
+    expect(parseRun(rawRun({ error: note }))!.error).toBe(note);
   });
 
   it('accepts ISO start times and a missing progress', () => {
