@@ -57,7 +57,7 @@ SYNONYMS = {
     "messages": ("conversation", "dialog", "dialogue", "chat", "turns", "history"),
     "text": ("content", "document", "body", "passage", "article"),
 }
-TASK_FIELDS = {
+TASK_FIELDS: dict[str, tuple[str, ...]] = {
     CHAT: ("messages",),
     INSTRUCTION: ("prompt", "response"),
     PRETRAIN: ("text",),

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ftmagic.config import TaskType
 from ftmagic.data.rules import (
     CHAT,
     INSTRUCTION,
@@ -39,6 +40,7 @@ from ftmagic.data.rules import (
 from ftmagic.errors import DataError
 
 Span = tuple[int, int]
+TASK_TYPES = [str(t) for t in TaskType]
 
 
 @dataclass
@@ -118,7 +120,7 @@ def plan_example(
         f"unknown task_type {task_type!r}",
         source=source,
         line=line,
-        fix="use CHAT_COMPLETION, INSTRUCTION_FINETUNE or CONTINUED_PRETRAIN",
+        fix=f"use {', '.join(TASK_TYPES[:-1])} or {TASK_TYPES[-1]}",
     )
 
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from ftmagic.config import TaskType
 from ftmagic.errors import DataError
 
-CHAT = "CHAT_COMPLETION"
-INSTRUCTION = "INSTRUCTION_FINETUNE"
-PRETRAIN = "CONTINUED_PRETRAIN"
+# The short names the data modules use for the task types.
+CHAT = TaskType.CHAT_COMPLETION
+INSTRUCTION = TaskType.INSTRUCTION_FINETUNE
+PRETRAIN = TaskType.CONTINUED_PRETRAIN
 ROLES = ("system", "user", "assistant", "tool")
 REASONING_FIELDS = ("reasoning_content", "thinking")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -26,13 +28,13 @@ CHAT_SHAPE = '{"messages": [{"role": "user", "content": "..."}, {"role": "assist
 INSTRUCTION_SHAPE = '{"prompt": "...", "response": "..."}'
 
 
-def detect_task(data: dict[str, Any]) -> str | None:
+def detect_task(data: dict[str, Any]) -> TaskType | None:
     """The task a record's shape belongs to, or None when it fits none.
 
-    >>> detect_task({"messages": []})
-    'CHAT_COMPLETION'
-    >>> detect_task({"prompt": "a", "completion": "b"})
-    'INSTRUCTION_FINETUNE'
+    >>> print(detect_task({"messages": []}))
+    CHAT_COMPLETION
+    >>> print(detect_task({"prompt": "a", "completion": "b"}))
+    INSTRUCTION_FINETUNE
     >>> detect_task({"text": "a"}) is None
     True
     """
