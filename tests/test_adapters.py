@@ -205,3 +205,17 @@ def test_resume_refuses_a_bin_only_adapter(train_env: dict[str, Any]) -> None:
     assert result.status == "FAILED"
     assert_refused(str(result.reason), folder)
     assert [c.step for c in store.list_checkpoints(run_id)] == [2]
+
+
+@pytest.mark.timeout(120)
+def test_registration_refuses_a_bin_only_adapter(
+    adapter_run: dict[str, Any], tmp_path: Path
+) -> None:
+    from ftmagic.errors import FtmagicError
+    from ftmagic.tracking.registry import register_model, run_model_versions
+
+    folder = bin_only_copy(adapter_run["folder"], tmp_path / "adapter")
+    with pytest.raises(FtmagicError) as raised:
+        register_model(adapter_run["run_id"], folder, "main.default", "bin-adapter-run")
+    assert_refused(str(raised.value), folder)
+    assert run_model_versions(adapter_run["run_id"]) == []

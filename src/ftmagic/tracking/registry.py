@@ -170,17 +170,15 @@ def _text_generation_pipeline(model_dir: Path) -> tuple[Any, str | None]:
     rather than the adapter-injected base weights)."""
     import transformers
 
-    from ftmagic.models.loading import load_model
+    from ftmagic.models.loading import load_adapter_model, load_model
 
     adapter_config = model_dir / "adapter_config.json"
     base_path = None
     if (model_dir / "config.json").exists():
         model = load_model(str(model_dir))
     elif adapter_config.exists():
-        from peft import PeftModel
-
         base = json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
-        model = PeftModel.from_pretrained(load_model(base), str(model_dir))
+        model = load_adapter_model(model_dir)  # safetensors only
         base_path = base if Path(base).is_dir() else None
     else:
         raise RunError(
