@@ -9,6 +9,10 @@ assistant turn with, up to the token generation stops at (``<|eot_id|>``, or bot
 R7B's ``<|END_RESPONSE|><|END_OF_TURN_TOKEN|>``). The text is tokenized once with character
 offsets, and a token is trained when it overlaps a trained turn. Headers, system, user and tool
 tokens are never trained; nor are assistant turns with ``weight: 0``.
+
+What a record must hold to be rendered is ``rules.require_*``. An example's text and trained
+character spans form a ``Plan``; ``TokenCounter`` tokenizes plans in batches and marks their
+trained tokens with the same ``plan_tokens``.
 """
 
 from __future__ import annotations
