@@ -114,7 +114,10 @@ export interface IChartLayout {
   /** One SVG path per curve, in the order given (empty for a curve without points). */
   paths: string[];
   xRange: [number, number];
+  /** The drawn y span, the values' own with a margin. */
   yRange: [number, number];
+  /** The smallest and the largest value, as the axis labels show them. */
+  values: [number, number];
 }
 
 /**
@@ -135,7 +138,8 @@ export function chartLayout(
   const xs = all.map(p => p[0]);
   const ys = all.map(p => p[1]);
   const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
-  let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  const values: [number, number] = [Math.min(...ys), Math.max(...ys)];
+  let [y0, y1] = values;
   const least = Math.abs((y0 + y1) / 2) * 0.01 || 1e-9;
   if (y1 - y0 < least) {
     const middle = (y0 + y1) / 2;
@@ -149,7 +153,7 @@ export function chartLayout(
   const paths = curves.map(points =>
     points.map(([x, y], i) => `${i ? 'L' : 'M'} ${round(sx(x))} ${round(sy(y))}`).join(' ')
   );
-  return { paths, xRange: [x0, x1], yRange: [y0, y1] };
+  return { paths, xRange: [x0, x1], yRange: [y0, y1], values };
 }
 
 /** A value for an axis or a table: 4 significant digits, exponents for the very small. */

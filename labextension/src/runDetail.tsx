@@ -49,7 +49,7 @@ function Chart(props: { title: string; names: string[]; detail: IRunDetail }): J
           </svg>
           <div className="jp-ftmagic-chart-axes">
             <span>
-              {shortNumber(layout.yRange[0])} – {shortNumber(layout.yRange[1])}
+              {shortNumber(layout.values[0])} – {shortNumber(layout.values[1])}
             </span>
             <span>
               steps {layout.xRange[0]}–{layout.xRange[1]}

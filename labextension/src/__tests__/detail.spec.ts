@@ -93,6 +93,7 @@ describe('chartLayout', () => {
       50
     )!;
     expect(layout.xRange).toEqual([1, 3]);
+    expect(layout.values).toEqual([2, 4]);
     expect(layout.yRange[0]).toBeCloseTo(1.8);
     expect(layout.yRange[1]).toBeCloseTo(4.2);
     // 4 is near the top, 2 near the bottom; the second curve shares the x scale.
