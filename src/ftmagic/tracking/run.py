@@ -370,6 +370,8 @@ def _history_from(
     """A metric's points from ``offset`` on, in the store's (timestamp, step, value) order."""
     from mlflow.utils.search_utils import SearchUtils
 
+    # The one private mlflow attribute ftmagic reads: the public client only returns a whole
+    # history, and the store's paged read is what lets a live view fetch just the new tail.
     tracking_store = mlflow_client._tracking_client.store
     token = SearchUtils.create_page_token(offset) if offset else None
     points: list[tuple[int, int, float]] = []
