@@ -248,3 +248,17 @@ def test_report_is_the_public_type() -> None:
     assert isinstance(report, ValidationReport)
     assert report.ok
     report.raise_if_failed()
+
+
+def test_a_retired_model_is_a_warning_in_the_report_not_a_python_warning() -> None:
+    """The report carries the replacement; no process-wide warning state is touched (a run's
+    thread may be showing its own warnings meanwhile)."""
+    import warnings
+
+    from ftmagic.catalog import get_models
+
+    name = next(e.name for e in get_models() if e.retired)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning would fail the test
+        report = validate(RunConfig(model=name, train_data_path=str(NER)))
+    assert f"{name} was retired on 2024-12-13; use " in "\n".join(report.warnings)

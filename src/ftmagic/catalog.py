@@ -208,22 +208,27 @@ def find_entry(name: str) -> ModelEntry | None:
     return None
 
 
-def resolve_model(name: str) -> ModelEntry:
+def retired_note(entry: ModelEntry) -> str | None:
+    """``"X was retired on D; use Y instead."`` for a retired model, else None."""
+    if not entry.retired:
+        return None
+    return f"{entry.name} was retired on {entry.retired_on}; use {entry.replacement} instead."
+
+
+def resolve_model(name: str, *, warn: bool = True) -> ModelEntry:
     """The entry for a catalog name, a local model folder or a Hugging Face id in the local cache.
 
-    Retired models warn with ``RetiredModelWarning`` naming the replacement. Unknown names raise
-    ``ModelError`` listing close matches.
+    Retired models warn with ``RetiredModelWarning`` naming the replacement (``warn=False``: the
+    caller reads ``retired_note`` instead). Unknown names raise ``ModelError`` listing close
+    matches.
     """
     if not isinstance(name, str) or not name.strip():
         raise ModelError("model: no model given. Fix: set model, e.g. 'ftmagic/tiny-chat'.")
     entry = find_entry(name)
     if entry is not None:
-        if entry.retired:
-            warnings.warn(
-                f"{entry.name} was retired on {entry.retired_on}; use {entry.replacement} instead.",
-                RetiredModelWarning,
-                stacklevel=2,
-            )
+        note = retired_note(entry)
+        if note and warn:
+            warnings.warn(note, RetiredModelWarning, stacklevel=2)
         return entry
     folder = Path(name).expanduser()
     if (folder / "config.json").is_file():

@@ -17,7 +17,6 @@ import math
 import os
 import threading
 import time
-import warnings
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -571,16 +570,15 @@ def _load_model(
             )
         )
         return None, None
+    # Not catch_warnings: it swaps process-wide warning state, which races with a run's thread.
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", catalog.RetiredModelWarning)
-            entry = catalog.resolve_model(config.model)
+        entry = catalog.resolve_model(config.model, warn=False)
     except FtmagicError as err:
         errors.append(DataError(str(err), source="config", field="model"))
         return None, None
-    for warning in caught:
-        if issubclass(warning.category, catalog.RetiredModelWarning):
-            advice.append(str(warning.message))
+    note = catalog.retired_note(entry)
+    if note:
+        advice.append(note)
     if entry.kind == "unlisted":
         notes.append(entry.note)
     try:
