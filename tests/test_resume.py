@@ -50,10 +50,14 @@ def wait_for_checkpoint(run_id: str, proc: subprocess.Popen[bytes], timeout: flo
         time.sleep(0.2)
 
 
+STEPS = 40
+
+
 def test_killed_run_resumes_exactly(train_env: dict[str, Any]) -> None:
     from ftmagic.tracking import store
 
-    config = fast_config(train_env, training_duration="12ba", checkpoint_interval="3ba")
+    # Long enough that the kill lands before the end even when polling lags on a busy machine.
+    config = fast_config(train_env, training_duration=f"{STEPS}ba", checkpoint_interval="3ba")
     reference = train(config, new_run(config))
     assert reference.status == "COMPLETED", reference.reason
     expected = losses_of(reference.run_id)
@@ -73,17 +77,17 @@ def test_killed_run_resumes_exactly(train_env: dict[str, Any]) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     killed_at = store.list_checkpoints(run_id)[-1].step
-    assert killed_at < 12
+    assert killed_at < STEPS
     assert fixtures_train.status_of(run_id) == "RUNNING"  # killed: nobody said otherwise
 
     resumed: dict[int, float] = {}
     result = train(config, run_id, resume=True, progress=recording(resumed))
     assert result.status == "COMPLETED", result.reason
-    assert result.steps == 12 and result.tokens == reference.tokens
-    assert sorted(resumed) == list(range(killed_at + 1, 13))
+    assert result.steps == STEPS and result.tokens == reference.tokens
+    assert sorted(resumed) == list(range(killed_at + 1, STEPS + 1))
     for step, loss in resumed.items():
         assert loss == pytest.approx(expected[step], abs=1e-4), step
-    assert [c.step for c in store.list_checkpoints(run_id)][-1] == 12
+    assert [c.step for c in store.list_checkpoints(run_id)][-1] == STEPS
 
 
 def test_stopped_lora_run_with_dropout_resumes_exactly(train_env: dict[str, Any]) -> None:
