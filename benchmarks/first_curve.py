@@ -12,7 +12,7 @@ when the cell is sent and stops when the run's first ``train/loss`` is in MLflow
 live view draws (it polls every ``refresh_interval``, 1 s by default, so the curve shows up to that
 much later). It also reports when setup ended (the TRAIN_STARTED event: data validated, model
 loaded, rows packed), which separates ftmagic's own start-up from the first optimizer step. The
-run is the built-in ``ftmagic/tiny-chat`` on 400 bundled NER chats with
+run is the built-in ``ftmagic/tiny-random-chat`` on 400 bundled NER chats with
 validation on; each run is cancelled after its first point. A warm kernel keeps the model's
 weights and the validation report of unchanged data; ``--uncached`` interleaves each warm run with
 one that clears those caches first, so both are measured under the same load.
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 CELL = """%%finetune -o bench_run
-model: ftmagic/tiny-chat
+model: ftmagic/tiny-random-chat
 train_data_path: {train}
 training_duration: 200ba
 checkpoint_interval: 1000ba

@@ -431,7 +431,7 @@ def bench_trl(args: argparse.Namespace, shape: ModelShape) -> BenchResult:
 
     torch.manual_seed(args.seed)
     model = LlamaForCausalLM(llama_config(shape))
-    tokenizer = _tokenizer(ensure_tiny_model("ftmagic/tiny-chat"))
+    tokenizer = _tokenizer(ensure_tiny_model("ftmagic/tiny-random-chat"))
     rows = random_rows(args.rows * (args.warmup + args.steps), args.seq_len, shape.vocab, args.seed)
     dataset = Dataset.from_dict({"input_ids": rows.tolist()})
     clock = _StepClock(args.warmup)

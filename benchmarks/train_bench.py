@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/train_bench.py            # all configurations, a Markdown table
     .venv/bin/python benchmarks/train_bench.py --steps 10 # a quicker, noisier look
 
-Every configuration trains the built-in ``ftmagic/tiny-chat`` (2 layers, width 128, 4 heads, 2 KV
+Every configuration trains the built-in random-init ``ftmagic/tiny-random-chat`` (2 layers, width 128, 4 heads, 2 KV
 heads, MLP 344, 2,048-token vocabulary, tied embeddings) from the same weights, on the same 2,000
 synthetic drug-name-extraction chats of 1-3 turns (built from the bundled NER data with a fixed
 seed), with the loss on assistant tokens only, about 4,096 real tokens per optimizer step, AdamW at
@@ -36,7 +36,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-MODEL = "ftmagic/tiny-chat"
+MODEL = "ftmagic/tiny-random-chat"
 LR = 1e-3
 SEED = 17
 CONFIGS = ("ftmagic", "ftmagic+mlflow", "ftmagic-padded", "trl-packed", "trl-padded")

@@ -107,7 +107,7 @@ def compare_counting(model: str, path: Path) -> tuple[int, Clock, int, Clock]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mb", type=float, default=1024, help="JSONL size (default 1024)")
-    parser.add_argument("--model", default="ftmagic/tiny-chat")
+    parser.add_argument("--model", default="ftmagic/tiny-random-chat")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 

@@ -245,7 +245,7 @@ def tokenizer_for(name: str) -> Any:
     from ftmagic.catalog import model_path
 
     spec = family(name)
-    tokenizer = AutoTokenizer.from_pretrained(model_path("ftmagic/tiny-chat"))
+    tokenizer = AutoTokenizer.from_pretrained(model_path("ftmagic/tiny-random-chat"))
     special: dict[str, Any] = {
         "additional_special_tokens": list(spec.specials),
         "eos_token": spec.eos,

@@ -81,9 +81,9 @@ def write_data(folder: Path, count: int = 60) -> Path:
 
 
 def tiny_config(data: Path, **changes: Any) -> RunConfig:
-    """A run on ``ftmagic/tiny-chat`` whose steps take a fraction of a second on 2 CPUs."""
+    """A run on ``ftmagic/tiny-random-chat`` whose steps take a fraction of a second on 2 CPUs."""
     base: dict[str, Any] = {
-        "model": "ftmagic/tiny-chat",
+        "model": "ftmagic/tiny-random-chat",
         "train_data_path": str(data),
         "training_duration": "4ba",
         "checkpoint_interval": "2ba",

@@ -20,7 +20,7 @@ VENV_BIN = Path(sys.executable).parent
 
 def make_config(**changes: object) -> RunConfig:
     base: dict[str, object] = {
-        "model": "ftmagic/tiny-chat",
+        "model": "ftmagic/tiny-random-chat",
         "train_data_path": "data/ner.jsonl",
         "eval_prompts": ["Who are you?", "Name the city"],
         "training_duration": "10ba",

@@ -41,7 +41,7 @@ def train_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
 def fast_config(env: dict[str, Any], **changes: Any) -> RunConfig:
     """A run that takes well under a second per step on 2 CPUs."""
     base: dict[str, Any] = {
-        "model": "ftmagic/tiny-chat",
+        "model": "ftmagic/tiny-random-chat",
         "train_data_path": str(env["train"]),
         "training_duration": "6ba",
         "checkpoint_interval": "100ba",

@@ -96,7 +96,7 @@ def ui_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 def fast_fields(env: dict[str, Any], **changes: Any) -> dict[str, Any]:
     """Config fields for a run that takes a few seconds on 2 CPUs."""
     fields: dict[str, Any] = {
-        "model": "ftmagic/tiny-chat",
+        "model": "ftmagic/tiny-random-chat",
         "train_data_path": str(env["train"]),
         "training_duration": "4ba",
         "checkpoint_interval": "2ba",

@@ -17,7 +17,7 @@ import ftmagic
 from ftmagic.data.readers import iter_records
 from ftmagic.errors import DataError
 
-MODEL = "ftmagic/tiny-chat"
+MODEL = "ftmagic/tiny-random-chat"
 GOOD_CHAT = {
     "messages": [
         {"role": "system", "content": "Be brief."},
@@ -252,7 +252,7 @@ def test_unknown_model_is_a_report_error(tmp_path: Path) -> None:
     error = report.errors[0]
     assert error.field == "model"
     assert "not in the catalog" in error.rule
-    assert "ftmagic/tiny-chat" in error.rule
+    assert "ftmagic/tiny-random-chat" in error.rule
     assert report.num_examples == 1  # the rules were still checked
 
 

@@ -9,7 +9,10 @@ from ftmagic.ui.chat import stream_generate
 
 
 def test_streamed_pieces_make_the_greedy_answer() -> None:
-    model, tokenizer = load_model("ftmagic/tiny-chat"), load_tokenizer("ftmagic/tiny-chat")
+    model, tokenizer = (
+        load_model("ftmagic/tiny-random-chat"),
+        load_tokenizer("ftmagic/tiny-random-chat"),
+    )
     prompt = [{"role": "user", "content": "For sepsis, guidelines favour tresbrolzepam."}]
     pieces = list(stream_generate(model, tokenizer, prompt, 24))
     whole = generate(model, tokenizer, prompt, max_new_tokens=24)

@@ -29,7 +29,7 @@ def test_models_table(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:2] == ["name", "context_length"]
     assert "meta-llama/Llama-3.2-1B-Instruct" in out
-    assert "ftmagic/tiny-chat" in out
+    assert "ftmagic/tiny-random-chat" in out
     assert "Meta-Llama-3-8B" not in out
     assert main(["models", "--all"]) == 0
     out = capsys.readouterr().out
@@ -45,7 +45,7 @@ def test_installed_script_runs() -> None:
 
 
 def test_validate_ok_and_failing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    good = write_config(tmp_path, model="ftmagic/tiny-chat", train_data_path=NER)
+    good = write_config(tmp_path, model="ftmagic/tiny-random-chat", train_data_path=NER)
     assert main(["validate", str(good)]) == 0
     out = capsys.readouterr().out
     assert ": OK" in out.splitlines()[0]
@@ -60,7 +60,7 @@ def test_validate_ok_and_failing(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_field_options_override_yaml(tmp_path: Path) -> None:
-    path = write_config(tmp_path, model="ftmagic/tiny-chat", train_data_path=NER, seed=3)
+    path = write_config(tmp_path, model="ftmagic/tiny-random-chat", train_data_path=NER, seed=3)
     args = build_parser().parse_args(
         [
             "train",
@@ -77,14 +77,14 @@ def test_field_options_override_yaml(tmp_path: Path) -> None:
             "--context-length",
             "null",
             "--model",
-            "ftmagic/tiny-chatml",
+            "ftmagic/tiny-random-chatml",
         ]
     )
     config = config_from_args(args)
     assert (config.seed, config.learning_rate, config.packing) == (9, 3e-4, False)
     assert config.eval_prompts == ["a", "b"]
     assert (config.register_to, config.context_length) == ("main.default", None)
-    assert (config.model, config.train_data_path) == ("ftmagic/tiny-chatml", NER)
+    assert (config.model, config.train_data_path) == ("ftmagic/tiny-random-chatml", NER)
 
 
 def test_parse_value_keeps_text_fields_as_text() -> None:
@@ -116,7 +116,7 @@ def test_user_errors_exit_2_without_traceback(
     assert "missing.yaml" in err
     assert "Traceback" not in err
 
-    assert main(["validate", "--model", "ftmagic/tiny-chat", "--lora-rank", "0"]) == 2
+    assert main(["validate", "--model", "ftmagic/tiny-random-chat", "--lora-rank", "0"]) == 2
     assert "lora_rank" in capsys.readouterr().err
 
     bad_yaml = tmp_path / "bad.yaml"
@@ -131,14 +131,14 @@ def test_user_errors_exit_2_without_traceback(
 
 
 def test_resume_needs_a_run_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_config(tmp_path, model="ftmagic/tiny-chat", train_data_path=NER)
+    path = write_config(tmp_path, model="ftmagic/tiny-random-chat", train_data_path=NER)
     assert main(["train", str(path), "--resume"]) == 2
     assert "--run-id" in capsys.readouterr().err
 
 
 def test_script_error_has_no_traceback(tmp_path: Path) -> None:
     result = subprocess.run(
-        [str(SCRIPT), "validate", "--model", "ftmagic/tiny-chat", "--task-type", "CHAT"],
+        [str(SCRIPT), "validate", "--model", "ftmagic/tiny-random-chat", "--task-type", "CHAT"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -154,27 +154,29 @@ def test_runs_table(mlflow_store: str, capsys: pytest.CaptureFixture[str]) -> No
 
     assert main(["runs", "--limit", "5"]) == 0
     assert capsys.readouterr().out.strip() == "(none)"
-    config = RunConfig(model="ftmagic/tiny-chat", train_data_path=NER, experiment_path="cli-test")
+    config = RunConfig(
+        model="ftmagic/tiny-random-chat", train_data_path=NER, experiment_path="cli-test"
+    )
     run_id = store.create_run(config, backend="inkernel")
     assert main(["runs"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["run_id", "name", "status", "model", "created"]
     assert lines[1].startswith(run_id)
-    assert "ftmagic/tiny-chat" in lines[1]
+    assert "ftmagic/tiny-random-chat" in lines[1]
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d$", lines[1])
 
 
 def test_validate_report_json_serialisable_through_cli_config(tmp_path: Path) -> None:
     from ftmagic.data.validate import validate
 
-    args = build_parser().parse_args(["validate", "--model", "ftmagic/tiny-chat"])
+    args = build_parser().parse_args(["validate", "--model", "ftmagic/tiny-random-chat"])
     report = validate(config_from_args(args))
     data = json.loads(json.dumps(report.to_dict()))
     assert [e["field"] for e in data["errors"]] == ["train_data_path"]
 
 
 def test_preview_shows_first_examples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_config(tmp_path, model="ftmagic/tiny-chat", train_data_path=NER)
+    path = write_config(tmp_path, model="ftmagic/tiny-random-chat", train_data_path=NER)
     assert main(["preview", str(path), "-n", "2"]) == 0
     out = capsys.readouterr().out
     assert f"--- example 1 ({NER}:1) ---" in out

@@ -11,7 +11,7 @@ from ftmagic.config import DatasetStats, Duration, RunConfig, TaskType
 from ftmagic.errors import ConfigError
 
 FULL = {
-    "model": "ftmagic/tiny-chat",
+    "model": "ftmagic/tiny-random-chat",
     "train_data_path": "data/train.jsonl",
     "register_to": "main.default.support_bot",
     "task_type": "INSTRUCTION_FINETUNE",
@@ -49,9 +49,13 @@ def test_yaml_dict_kwargs_round_trip_is_lossless() -> None:
 
 
 def test_only_changed_yaml_keeps_just_the_changes(tmp_path) -> None:
-    config = RunConfig(model="ftmagic/tiny-chat", train_data_path="t.jsonl", seed=5)
+    config = RunConfig(model="ftmagic/tiny-random-chat", train_data_path="t.jsonl", seed=5)
     text = config.to_yaml(only_changed=True)
-    assert text.splitlines() == ["model: ftmagic/tiny-chat", "train_data_path: t.jsonl", "seed: 5"]
+    assert text.splitlines() == [
+        "model: ftmagic/tiny-random-chat",
+        "train_data_path: t.jsonl",
+        "seed: 5",
+    ]
     path = tmp_path / "run.yaml"
     path.write_text(text)
     assert RunConfig.coerce(path) == config

@@ -116,7 +116,7 @@ def test_chat_counts_are_renders_for_every_template(name: str) -> None:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("model", ["ftmagic/tiny-chat", "ftmagic/tiny-chatml"])
+@pytest.mark.parametrize("model", ["ftmagic/tiny-random-chat", "ftmagic/tiny-random-chatml"])
 def test_chat_counts_are_renders_for_the_tiny_models(model: str) -> None:
     tokenizer = load_tokenizer(model)
     for options in OPTIONS:
@@ -126,10 +126,13 @@ def test_chat_counts_are_renders_for_the_tiny_models(model: str) -> None:
 @pytest.mark.timeout(120)
 def test_instruction_and_text_counts_are_renders() -> None:
     # The family tokenizers differ in the BOS their plain encoding adds.
-    tokenizers = [load_tokenizer("ftmagic/tiny-chat"), *(tokenizer_for(n) for n in TOKENIZERS)]
+    tokenizers = [
+        load_tokenizer("ftmagic/tiny-random-chat"),
+        *(tokenizer_for(n) for n in TOKENIZERS),
+    ]
     for tokenizer in tokenizers:
         assert_counts_are_renders(tokenizer, bundled_instructions(), INSTRUCTION, ChatOptions())
-    tokenizer = load_tokenizer("ftmagic/tiny-chat")
+    tokenizer = load_tokenizer("ftmagic/tiny-random-chat")
     assert_counts_are_renders(tokenizer, bundled_texts(), PRETRAIN, ChatOptions())
 
 

@@ -25,7 +25,7 @@ def test_steps_come_from_the_trainers_plan(train_env: dict[str, Any]) -> None:
     from ftmagic.data.plan import make_plan
     from ftmagic.models.loading import load_tokenizer
 
-    tokenizer = load_tokenizer("ftmagic/tiny-chat")
+    tokenizer = load_tokenizer("ftmagic/tiny-random-chat")
     for changes in (
         {"training_duration": "1.5ep", "checkpoint_interval": "0.5ep"},
         {"training_duration": "3000tok", "packing": False},
@@ -66,7 +66,7 @@ def test_calibration_is_cached_per_model_and_device(train_env: dict[str, Any]) -
     assert (first.rows, first.width) == (1, 128)  # the row shape rounded to a power of two
     assert first.micro_seconds > 0 and first.load_seconds > 0 and first.save_seconds > 0
     assert key in json.loads(path.read_text())
-    assert path.parent.name == "estimates" and path.name.startswith("ftmagic_tiny-chat-")
+    assert path.parent.name == "estimates" and path.name.startswith("ftmagic_tiny-random-chat-")
 
 
 @pytest.mark.slow

@@ -225,7 +225,7 @@ def test_bundled_chats_validate_with_the_tiny_model(
     import ftmagic
 
     report = ftmagic.validate(
-        model="ftmagic/tiny-chat",
+        model="ftmagic/tiny-random-chat",
         task_type=task_type,
         train_data_path=examples.path(dataset, "train"),
         eval_data_path=examples.path(dataset, "eval"),
@@ -240,7 +240,7 @@ def test_pretrain_folder_validates_and_warns_that_it_is_small() -> None:
     import ftmagic
 
     report = ftmagic.validate(
-        model="ftmagic/tiny-chat",
+        model="ftmagic/tiny-random-chat",
         task_type="CONTINUED_PRETRAIN",
         train_data_path=examples.path("pretrain", "train"),
         eval_data_path=examples.path("pretrain", "eval"),
@@ -255,7 +255,7 @@ def test_drug_names_are_the_same_tokens_in_the_sentence_and_the_answer() -> None
     the sentence (after a space) and in the JSON answer (after a quote)."""
     from ftmagic.models.loading import load_tokenizer
 
-    tokenizer = load_tokenizer("ftmagic/tiny-chat")
+    tokenizer = load_tokenizer("ftmagic/tiny-random-chat")
     for name in sorted(drugs_of("test") | drugs_of("train"))[::50]:
         spaced, quoted = tokenizer.tokenize(" " + name), tokenizer.tokenize('"' + name)
         assert spaced[0] == "Ġ" and quoted[0] == '"', name

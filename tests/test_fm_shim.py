@@ -25,7 +25,7 @@ HOSTED_DOCS_SCRIPT = """
 from ftmagic import foundation_model as fm
 
 run = fm.create(
-    model='ftmagic/tiny-chat',
+    model='ftmagic/tiny-random-chat',
     train_data_path='dbfs:/Volumes/main/mydirectory/ift/train.jsonl',  # UC Volume with JSONL data
     register_to='main.mydirectory',  # UC catalog and schema to register the model to
     training_duration='1ba',
@@ -94,7 +94,7 @@ def test_the_hosted_docs_create_example_runs_unchanged(
 def test_the_ner_demo_cell_runs_through_the_shim(mlflow_store: str, tmp_path: Path) -> None:
     train_path = write_slice(Path(examples.path("ner", "train")), tmp_path / "train.jsonl", 200)
     namespace: dict[str, object] = {
-        "MODEL": "ftmagic/tiny-chat",
+        "MODEL": "ftmagic/tiny-random-chat",
         "DURATION": "2ba",
         "LEARNING_RATE": 3e-3,
         "TOKENS_PER_BATCH": 512,
@@ -125,7 +125,9 @@ def test_dbfs_volume_paths_map_to_the_mount_or_say_why_not(
     assert fm.local_path("data/train.jsonl", "train_data_path") == "data/train.jsonl"
     monkeypatch.setenv(fm.VOLUMES_ROOT_ENV, str(tmp_path / "absent"))
     with pytest.raises(ConfigError, match="no volume is mounted at") as err:
-        fm.create(model="ftmagic/tiny-chat", train_data_path="dbfs:/Volumes/main/s/v/t.jsonl")
+        fm.create(
+            model="ftmagic/tiny-random-chat", train_data_path="dbfs:/Volumes/main/s/v/t.jsonl"
+        )
     assert err.value.field == "train_data_path" and "FTMAGIC_VOLUMES_ROOT" in str(err.value)
     with pytest.raises(ConfigError, match="DBFS path") as err:
         fm.local_path("dbfs:/FileStore/train.jsonl", "eval_data_path")

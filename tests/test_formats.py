@@ -17,7 +17,7 @@ from ftmagic.data.formats import Converter, eval_prompt_inputs, model_input
 from ftmagic.data.validate import ValidationReport, validate
 from ftmagic.errors import DataError
 
-MODEL = "ftmagic/tiny-chat"
+MODEL = "ftmagic/tiny-random-chat"
 SYSTEM = "You are a pharmacology assistant. Answer with the drug names only."
 
 # Drug-combination questions like the bundled NER data, in the shapes other tools export.

@@ -193,7 +193,7 @@ def _assert_close(resumed: dict[int, float], expected: dict[int, float]) -> None
 def test_checkpoint_holds_every_parameters_whole_moments(runs: dict[str, Any]) -> None:
     from ftmagic.models.loading import load_model
 
-    model = load_model("ftmagic/tiny-chat")
+    model = load_model("ftmagic/tiny-random-chat")
     shapes = {name: p.shape for name, p in model.named_parameters()}
     state = runs["optimizer_state"]["state"]
     assert set(state) == set(shapes)  # keyed by name, every parameter of both ranks

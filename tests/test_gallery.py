@@ -97,7 +97,9 @@ def test_built_in_metrics_and_bad_names() -> None:
     with pytest.raises(ConfigError, match=r"eval_metric.*exact_match, json_list_f1"):
         ftmagic.RunConfig(eval_metric="bleu")
     with pytest.raises(ConfigError, match="backend local cannot call") as err:
-        ftmagic.create(model="ftmagic/tiny-chat", eval_metric=first_word_match, backend="local")
+        ftmagic.create(
+            model="ftmagic/tiny-random-chat", eval_metric=first_word_match, backend="local"
+        )
     assert err.value.field == "eval_metric" and "python:first_word_match" in str(err.value)
 
 

@@ -36,7 +36,7 @@ def test_qlora_without_cuda_says_what_is_needed(train_env: dict[str, Any]) -> No
 
 def test_qlora_needs_lora() -> None:
     with pytest.raises(ConfigError, match=r"load_in_4bit.*needs method lora"):
-        RunConfig(model="ftmagic/tiny-chat", load_in_4bit=True)
+        RunConfig(model="ftmagic/tiny-random-chat", load_in_4bit=True)
 
 
 def test_flash_attention_on_a_cpu_run_fails_with_the_fix(train_env: dict[str, Any]) -> None:

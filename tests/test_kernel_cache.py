@@ -16,8 +16,8 @@ from ftmagic.models import loading
 
 def test_cached_weights_are_equal_but_independent() -> None:
     loading.clear_weights_cache()
-    first = loading.load_model("ftmagic/tiny-chat")
-    second = loading.load_model("ftmagic/tiny-chat")
+    first = loading.load_model("ftmagic/tiny-random-chat")
+    second = loading.load_model("ftmagic/tiny-random-chat")
     assert len(loading._weights_cache) == 1
     for (name, a), (_, b) in zip(
         first.state_dict().items(), second.state_dict().items(), strict=True
@@ -26,7 +26,7 @@ def test_cached_weights_are_equal_but_independent() -> None:
         assert a.data_ptr() != b.data_ptr(), name
     with torch.no_grad():
         next(first.parameters()).add_(1.0)  # training one run leaves the next run's base alone
-    third = loading.load_model("ftmagic/tiny-chat")
+    third = loading.load_model("ftmagic/tiny-random-chat")
     assert torch.equal(next(third.parameters()), next(second.parameters()))
     assert not torch.equal(next(third.parameters()), next(first.parameters()))
 
@@ -36,7 +36,7 @@ def test_validation_of_unchanged_data_is_cached(tmp_path: Path) -> None:
     messages = [{"role": "user", "content": "Aspirin?"}, {"role": "assistant", "content": "[]"}]
     row = json.dumps({"messages": messages})
     data.write_text((row + "\n") * 6, encoding="utf-8")
-    config = RunConfig(model="ftmagic/tiny-chat", train_data_path=str(data))
+    config = RunConfig(model="ftmagic/tiny-random-chat", train_data_path=str(data))
     validation.clear_validation_cache()
     first = validation.validate(config)
     assert first.num_examples == 6 and len(validation._validation_cache) == 1

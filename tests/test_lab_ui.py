@@ -50,11 +50,11 @@ FAST = (
     "max_new_tokens: 4\nwarmup_steps: 1\nlearning_rate: 0.002\nexperiment_path: lab-ui\n"
 )
 SHORT_RUN = (
-    '%%finetune\nmodel: ftmagic/tiny-chat\ntrain_data_path: "{train}"\n'
+    '%%finetune\nmodel: ftmagic/tiny-random-chat\ntrain_data_path: "{train}"\n'
     f"training_duration: 800ba\ncheckpoint_interval: 800ba\n{FAST}"
 )
 LONG_RUN = (
-    '%%finetune\nmodel: ftmagic/tiny-chat\ntrain_data_path: "{train}"\n'
+    '%%finetune\nmodel: ftmagic/tiny-random-chat\ntrain_data_path: "{train}"\n'
     f"training_duration: 3000ba\ncheckpoint_interval: 3000ba\n{FAST}"
 )
 KEYS = ["model", "train_data_path", "training_duration", "checkpoint_interval"]
@@ -231,7 +231,7 @@ def test_lab_extension_end_to_end(lab: Lab, page: Any) -> None:
     assert "RUNNING" in seen, seen
     assert seen.index("RUNNING") < seen.index("COMPLETED"), seen
     shown = sidebar_runs(page)[first]
-    assert shown["model"] == "ftmagic/tiny-chat"
+    assert shown["model"] == "ftmagic/tiny-random-chat"
     assert shown["progress"] == "800/800"
     assert shown["spark"].count("L") == 79  # 800 loss points, sent downsampled to 80
     assert shown["mlflow"] == f"{MLFLOW_UI}/#/runs/{first}"
@@ -270,7 +270,7 @@ def test_lab_extension_end_to_end(lab: Lab, page: Any) -> None:
 
 # The bundled chat data: answers of several words, which the chat streams word by word.
 TINY_RUN = (
-    '%%finetune\nmodel: ftmagic/tiny-chat\ntrain_data_path: "{chat_train}"\n'
+    '%%finetune\nmodel: ftmagic/tiny-random-chat\ntrain_data_path: "{chat_train}"\n'
     f"training_duration: 60ba\ncheckpoint_interval: 30ba\n"
     'eval_prompts: ["Add 3 butter, please."]\n'
     f"{FAST}"
@@ -328,14 +328,17 @@ def notebook(page: Any) -> Any:
 
 @pytest.mark.timeout(300)
 def test_field_names_complete_in_a_finetune_cell(lab: Lab, page: Any, notebook: Any) -> None:
-    append_cell(page, "%%finetune\nmodel: ftmagic/tiny-chat\nlear")
+    append_cell(page, "%%finetune\nmodel: ftmagic/tiny-random-chat\nlear")
     popup = page.locator(".cm-tooltip-autocomplete")
     popup.wait_for(timeout=30 * SECOND)
     assert popup.locator("li").all_text_contents() == ["learning_rate"]
     shoot(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook"), "completion.png")
     page.keyboard.press("Enter")
     page.keyboard.type("0.001")
-    assert cell_sources(page)[-1] == "%%finetune\nmodel: ftmagic/tiny-chat\nlearning_rate: 0.001"
+    assert (
+        cell_sources(page)[-1]
+        == "%%finetune\nmodel: ftmagic/tiny-random-chat\nlearning_rate: 0.001"
+    )
     # Fixed values complete after the colon: the task types.
     page.keyboard.type("\ntask_type: CH")
     popup.wait_for(timeout=30 * SECOND)

@@ -60,7 +60,7 @@ def test_substitute_unknown_name_is_a_config_error() -> None:
 
 
 def test_parse_cell_layers_defaults_body_and_flags() -> None:
-    body = "model: ftmagic/tiny-chat\nbackend: local\nlearning_rate: {lr}\n"
+    body = "model: ftmagic/tiny-random-chat\nbackend: local\nlearning_rate: {lr}\n"
     config = parse_cell(
         body, {"lr": 3e-4}, defaults={"backend": "ray", "seed": 5}, overrides={"seed": 9}
     )
@@ -70,7 +70,9 @@ def test_parse_cell_layers_defaults_body_and_flags() -> None:
 
 
 def test_to_cell_round_trips_literal_braces() -> None:
-    config = RunConfig(model="ftmagic/tiny-chat", eval_prompts=["Say {name} twice", "{a: 1}"])
+    config = RunConfig(
+        model="ftmagic/tiny-random-chat", eval_prompts=["Say {name} twice", "{a: 1}"]
+    )
     text = to_cell(config)
     assert text.splitlines()[0] == "%%finetune"
     assert "{{name}}" in text and escape("{x}") == "{{x}}"
@@ -90,7 +92,9 @@ def test_help_lists_every_config_field(ipshell: TestingShell) -> None:
 
 
 def test_bad_field_shows_short_message_not_traceback(ipshell: TestingShell) -> None:
-    out = ipshell.run_cell("%%finetune --dry-run\nmodel: ftmagic/tiny-chat\nlearning_rat: 0.1\n")
+    out = ipshell.run_cell(
+        "%%finetune --dry-run\nmodel: ftmagic/tiny-random-chat\nlearning_rat: 0.1\n"
+    )
     assert out.error_in_exec is None and out.result is None
     assert "Config error: config field 'learning_rat'" in out.text
     assert "did you mean 'learning_rate'?" in out.text
@@ -165,7 +169,7 @@ def test_ft_runs_lists_the_run(ipshell: TestingShell, finished_run: Any) -> None
     table = out.result
     assert table.run_ids == [finished_run.run_id]
     row = dict(zip(table.columns, table.rows[0], strict=True))
-    assert row["status"] == "COMPLETED" and row["model"] == "ftmagic/tiny-chat"
+    assert row["status"] == "COMPLETED" and row["model"] == "ftmagic/tiny-random-chat"
     assert row["steps"] == "4/4" and float(row["loss"]) > 0 and row["duration"] != "—"
     assert row["started"].startswith("20") and row["run_id"] == finished_run.run_id[:8]
     assert finished_run.name in repr(table) and "duration" in repr(table).splitlines()[0]
@@ -233,7 +237,7 @@ def test_cell_returns_at_once_and_ft_cancel_stops_the_run(
 
 def test_ft_models_panel_and_errors(ipshell: TestingShell) -> None:
     models = ipshell.run_cell("%ft models").result
-    assert "ftmagic/tiny-chat" in [m.name for m in models]
+    assert "ftmagic/tiny-random-chat" in [m.name for m in models]
     assert type(ipshell.run_cell("%ft panel").result).__name__ == "Panel"
     out = ipshell.run_cell("%ft cancel no-such-run")
     assert out.error_in_exec is None and "no-such-run" in out.text
@@ -298,13 +302,13 @@ def test_completion_values_come_from_the_json_schema() -> None:
 
 
 def test_config_fields_and_values_complete_in_finetune_cells(ipshell: TestingShell) -> None:
-    assert completions_at_end(ipshell, "%%finetune\nmodel: ftmagic/tiny-chat\nlear") == [
+    assert completions_at_end(ipshell, "%%finetune\nmodel: ftmagic/tiny-random-chat\nlear") == [
         "learning_rate"
     ]
     assert "lora_rank" in completions_at_end(ipshell, "%%finetune --dry-run\nlora_r")
     backends = completions_at_end(ipshell, "%%finetune\nbackend: lo")
     assert backends == ["local"]
     models = completions_at_end(ipshell, "%%finetune\nmodel: ftmagic/tiny-c")
-    assert models[:2] == ["ftmagic/tiny-chat", "ftmagic/tiny-chatml"]
+    assert models[:2] == ["ftmagic/tiny-random-chat", "ftmagic/tiny-random-chatml"]
     assert completions_at_end(ipshell, "%%finetune\npacking: t") == ["true"]
     assert "learning_rate" not in completions_at_end(ipshell, "lear")  # not outside the magic

@@ -292,7 +292,7 @@ TURNS = [
 
 def family_tokenizer(family: str) -> Any:
     spec = FAMILIES[family]
-    tokenizer = AutoTokenizer.from_pretrained(model_path("ftmagic/tiny-chat"))
+    tokenizer = AutoTokenizer.from_pretrained(model_path("ftmagic/tiny-random-chat"))
     special: dict[str, Any] = {"extra_special_tokens": spec["extra"]}
     if spec["bos"]:
         special["bos_token"] = spec["bos"]
@@ -435,7 +435,7 @@ def test_no_assistant_message_and_malformed_messages() -> None:
 
 
 def test_tokenizer_without_chat_template_is_an_error() -> None:
-    tokenizer = AutoTokenizer.from_pretrained(model_path("ftmagic/tiny-base"))
+    tokenizer = AutoTokenizer.from_pretrained(model_path("ftmagic/tiny-random-base"))
     with pytest.raises(DataError, match="no chat template"):
         chat(tokenizer, TURNS)
 
@@ -477,7 +477,7 @@ def test_instruction_with_empty_response_trains_only_eos() -> None:
 
 
 def test_chunk_texts_joins_documents_with_eos() -> None:
-    tokenizer = AutoTokenizer.from_pretrained(model_path("ftmagic/tiny-base"))
+    tokenizer = AutoTokenizer.from_pretrained(model_path("ftmagic/tiny-random-base"))
     docs = ["The cat sat on the mat. " * 20, "A second document.", "Third."]
     chunks = list(chunk_texts(tokenizer, docs, 32))
     joined = [t for c in chunks for t in c.input_ids]

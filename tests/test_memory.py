@@ -129,7 +129,7 @@ def test_advice_when_it_does_not_fit_really_fits() -> None:
 
 def test_run_config_maps_to_the_setup() -> None:
     config = RunConfig(
-        model="ftmagic/tiny-chat",
+        model="ftmagic/tiny-random-chat",
         backend="torchrun",
         num_processes=4,
         micro_batch_tokens=1024,
@@ -150,9 +150,9 @@ def test_estimate_for_a_catalog_model_reads_its_config_only() -> None:
     from ftmagic.models.loading import load_model
     from ftmagic.models.memory import estimate_for_run
 
-    result = estimate_for_run(RunConfig(model="ftmagic/tiny-chat"), 512)
+    result = estimate_for_run(RunConfig(model="ftmagic/tiny-random-chat"), 512)
     assert result.device_bytes and result.fits is True
-    assert result.weights == 4 * load_model("ftmagic/tiny-chat").num_parameters()  # fp32
+    assert result.weights == 4 * load_model("ftmagic/tiny-random-chat").num_parameters()  # fp32
     assert result.summary().startswith("Estimated peak memory: ")
     assert result.to_dict()["peak"] == result.peak
 
@@ -185,7 +185,7 @@ def test_validation_report_shows_the_memory_estimate(tmp_path: Path) -> None:
     source = Path(str(resources.files("ftmagic.resources") / "ner" / "train.jsonl"))
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(source.read_text().splitlines()[:40]) + "\n")
-    config = RunConfig(model="ftmagic/tiny-chat", train_data_path=str(data), packing=False)
+    config = RunConfig(model="ftmagic/tiny-random-chat", train_data_path=str(data), packing=False)
     report = validate(config)
     assert report.ok, report.errors
     assert report.memory is not None and report.memory.setup.method == "full"

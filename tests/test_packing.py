@@ -153,8 +153,8 @@ def summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def test_packed_equals_unpacked_on_tiny_model() -> None:
-    tokenizer = load_tokenizer("ftmagic/tiny-chat")
-    model = load_model("ftmagic/tiny-chat").eval()
+    tokenizer = load_tokenizer("ftmagic/tiny-random-chat")
+    model = load_model("ftmagic/tiny-random-chat").eval()
     examples = [render(tokenizer, c, "CHAT_COMPLETION") for c in conversations(10)]
     lengths = [len(e) for e in examples]
     pack_length = auto_pack_length(lengths, 2048)

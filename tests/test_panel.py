@@ -57,7 +57,7 @@ def test_form_widgets_follow_field_types_and_help(panel: Panel) -> None:
     for name, text in RunConfig.help().items():
         assert widget_of(panel, name).tooltip == text
     labels = dict((value, label) for label, value in widget_of(panel, "model").options)
-    assert labels["ftmagic/tiny-chat"].startswith("ftmagic/tiny-chat · ")
+    assert labels["ftmagic/tiny-random-chat"].startswith("ftmagic/tiny-random-chat · ")
     assert "128k ctx" in labels["meta-llama/Llama-3.2-1B-Instruct"]
     retired = [label for label in labels.values() if "retired, use" in label]
     assert any(label.startswith("meta-llama/Meta-Llama-3-8B") for label in retired), retired
@@ -218,17 +218,22 @@ def test_implausible_values_are_warned_about_not_refused(
 def test_model_picker_lists_tiny_models_first_and_searches(panel: Panel) -> None:
     picker = widget_of(panel, "model")
     names = [name for _, name in picker.options]
-    assert names[:4] == ["", "ftmagic/tiny-base", "ftmagic/tiny-chat", "ftmagic/tiny-chatml"]
+    assert names[:4] == [
+        "",
+        "ftmagic/tiny-random-base",
+        "ftmagic/tiny-random-chat",
+        "ftmagic/tiny-random-chatml",
+    ]
     assert names.index("HuggingFaceTB/SmolLM2-135M-Instruct") < names.index(
         "meta-llama/Llama-3.1-405B"
     )
     retired = [n for label, n in picker.options if "retired" in label]
     assert retired and names[-len(retired) :] == retired  # retired models last
-    picker.value = "ftmagic/tiny-chat"
+    picker.value = "ftmagic/tiny-random-chat"
     panel.form.model_search.value = "smollm 135m"
     shown = [n for _, n in picker.options]
-    assert shown == ["ftmagic/tiny-chat", "HuggingFaceTB/SmolLM2-135M-Instruct"]
-    assert picker.value == "ftmagic/tiny-chat"  # the choice survives the search
+    assert shown == ["ftmagic/tiny-random-chat", "HuggingFaceTB/SmolLM2-135M-Instruct"]
+    assert picker.value == "ftmagic/tiny-random-chat"  # the choice survives the search
     panel.form.model_search.value = ""
     assert len(picker.options) == len(names)
 

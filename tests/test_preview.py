@@ -26,8 +26,8 @@ CHAT = {
 
 
 def test_preview_matches_render_and_splits_counts_by_role() -> None:
-    shown = preview("ftmagic/tiny-chat", CHAT)
-    tokenizer = load_tokenizer("ftmagic/tiny-chat")
+    shown = preview("ftmagic/tiny-random-chat", CHAT)
+    tokenizer = load_tokenizer("ftmagic/tiny-random-chat")
     example = render(tokenizer, CHAT, "CHAT_COMPLETION")
     assert [t.id for t in shown.tokens] == example.input_ids
     assert [t.trained for t in shown.tokens] == example.trained
@@ -44,16 +44,16 @@ def test_preview_matches_render_and_splits_counts_by_role() -> None:
 
 
 def test_text_view_marks_trained_runs() -> None:
-    text = str(preview("ftmagic/tiny-chat", CHAT))
+    text = str(preview("ftmagic/tiny-random-chat", CHAT))
     assert re.findall(r"\[\[(.*?)\]\]", text, flags=re.S) == [
         "Hello! How are you?<|eot_id|>",
         "Good.<|eot_id|>",
     ]
-    assert text.splitlines()[0].startswith("ftmagic/tiny-chat · CHAT_COMPLETION · ")
+    assert text.splitlines()[0].startswith("ftmagic/tiny-random-chat · CHAT_COMPLETION · ")
 
 
 def test_html_view_escapes_and_marks_tokens() -> None:
-    shown = preview("ftmagic/tiny-chat", CHAT)
+    shown = preview("ftmagic/tiny-random-chat", CHAT)
     page = shown._repr_html_()
     assert "<b>" not in page and "</b>" not in page
     inner = re.findall(r"<span class='ftmagic-token [^>]*>(.*?)</span>", page, flags=re.S)
@@ -68,8 +68,8 @@ def test_html_view_escapes_and_marks_tokens() -> None:
 
 
 def test_json_string_and_dict_give_the_same_preview() -> None:
-    from_text = preview("ftmagic/tiny-chatml", json.dumps(CHAT))
-    from_dict = preview("ftmagic/tiny-chatml", CHAT)
+    from_text = preview("ftmagic/tiny-random-chatml", json.dumps(CHAT))
+    from_dict = preview("ftmagic/tiny-random-chatml", CHAT)
     assert from_text.to_dict() == from_dict.to_dict()
     data = from_dict.to_dict()
     assert json.loads(json.dumps(data)) == data
@@ -83,30 +83,30 @@ def test_json_string_and_dict_give_the_same_preview() -> None:
 
 
 def test_context_length_truncates_preview() -> None:
-    shown = preview("ftmagic/tiny-chat", CHAT, context_length=60)
+    shown = preview("ftmagic/tiny-random-chat", CHAT, context_length=60)
     assert shown.truncated and shown.num_tokens == 60
     assert "truncated to 60 tokens" in str(shown)
 
 
 def test_instruction_and_pretraining_roles() -> None:
     shown = preview(
-        "ftmagic/tiny-chat",
+        "ftmagic/tiny-random-chat",
         {"prompt": "Capital of France?\n", "response": "Paris"},
         task_type="INSTRUCTION_FINETUNE",
     )
     assert set(shown.trained_by_role) == {"response"}
     assert shown.untrained_by_role["prompt"] > 0
     assert shown.tokens[-1].text == "<|eot_id|>" and shown.tokens[-1].trained
-    text = preview("ftmagic/tiny-base", "Plain words here.", task_type="CONTINUED_PRETRAIN")
+    text = preview("ftmagic/tiny-random-base", "Plain words here.", task_type="CONTINUED_PRETRAIN")
     assert text.num_trained == text.num_tokens
     assert "".join(t.text for t in text.tokens) == "Plain words here.<|end_of_text|>"
 
 
 def test_bad_examples_are_data_errors() -> None:
     with pytest.raises(DataError, match="not valid JSON"):
-        preview("ftmagic/tiny-chat", "{not json")
+        preview("ftmagic/tiny-random-chat", "{not json")
     with pytest.raises(DataError, match="no assistant message"):
-        preview("ftmagic/tiny-chat", {"messages": [{"role": "user", "content": "hi"}]})
+        preview("ftmagic/tiny-random-chat", {"messages": [{"role": "user", "content": "hi"}]})
     assistant_first = {
         "messages": [
             {"role": "assistant", "content": "hello"},
@@ -115,11 +115,11 @@ def test_bad_examples_are_data_errors() -> None:
         ]
     }
     with pytest.raises(DataError) as caught:
-        preview("ftmagic/tiny-chat", assistant_first)
+        preview("ftmagic/tiny-random-chat", assistant_first)
     assert caught.value.field is not None and caught.value.field.startswith("messages[0]")
 
 
 def test_public_api_preview() -> None:
-    shown = ftmagic.preview("ftmagic/tiny-chat", CHAT)
+    shown = ftmagic.preview("ftmagic/tiny-random-chat", CHAT)
     assert isinstance(shown, Preview)
-    assert shown.trained_by_role == preview("ftmagic/tiny-chat", CHAT).trained_by_role
+    assert shown.trained_by_role == preview("ftmagic/tiny-random-chat", CHAT).trained_by_role

@@ -34,7 +34,7 @@ def test_ftmagic_train_prints_only_its_own_lines(tmp_path: Path) -> None:
     train = write_slice(NER / "train.jsonl", tmp_path / "train.jsonl", 60)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"  # new: tables get created
-    command = [sys.executable, "-m", "ftmagic.cli", "train", "--model", "ftmagic/tiny-chat"]
+    command = [sys.executable, "-m", "ftmagic.cli", "train", "--model", "ftmagic/tiny-random-chat"]
     command += ["--train-data-path", str(train), "--training-duration", "2ba"]
     command += ["--tokens-per-batch", "512", "--micro-batch-tokens", "512"]
     command += ["--validate-inputs", "false", "--max-new-tokens", "4"]
@@ -86,7 +86,7 @@ def test_verbose_puts_the_libraries_back(
     assert not logging.getLogger("mlflow").propagate  # mlflow's own stderr handler again
     eprint("Successfully registered model 'y'.")
     assert "Successfully registered model 'y'." in capsys.readouterr().err
-    config: Any = ipshell.magics.cell_config("model: ftmagic/tiny-chat")
+    config: Any = ipshell.magics.cell_config("model: ftmagic/tiny-random-chat")
     assert config.verbose is True  # so a run in another process is verbose too
     ipshell.run_cell("%config FinetuneMagics.verbose = False")
     assert not quiet.is_verbose() and not hf_logging.is_progress_bar_enabled()
@@ -96,8 +96,8 @@ def test_cli_verbose_flag_and_field() -> None:
     from ftmagic.cli import build_parser, config_from_args
 
     parser = build_parser()
-    args = parser.parse_args(["train", "--model", "ftmagic/tiny-chat", "--verbose"])
+    args = parser.parse_args(["train", "--model", "ftmagic/tiny-random-chat", "--verbose"])
     assert config_from_args(args).verbose is True
-    args = parser.parse_args(["train", "--model", "ftmagic/tiny-chat", "--verbose", "false"])
+    args = parser.parse_args(["train", "--model", "ftmagic/tiny-random-chat", "--verbose", "false"])
     assert config_from_args(args).verbose is False
     assert parser.parse_args(["demo", "--verbose"]).verbose is True

@@ -39,8 +39,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ftmagic.models.loading import load_model, load_tokenizer
 
     out = tmp_path_factory.mktemp("final-model")
-    load_model("ftmagic/tiny-chat").save_pretrained(out)
-    load_tokenizer("ftmagic/tiny-chat").save_pretrained(out)
+    load_model("ftmagic/tiny-random-chat").save_pretrained(out)
+    load_tokenizer("ftmagic/tiny-random-chat").save_pretrained(out)
     return out
 
 
@@ -177,8 +177,8 @@ def test_lora_adapter_registers_with_a_reference_to_its_base(
     torch.manual_seed(0)
     adapter = tmp_path / "adapter"
     lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
-    get_peft_model(load_model("ftmagic/tiny-chat"), lora).save_pretrained(adapter)
-    load_tokenizer("ftmagic/tiny-chat").save_pretrained(adapter)
+    get_peft_model(load_model("ftmagic/tiny-random-chat"), lora).save_pretrained(adapter)
+    load_tokenizer("ftmagic/tiny-random-chat").save_pretrained(adapter)
     expected = generate(*load_for_inference(adapter), PROMPT, max_new_tokens=6)
     base_dir = model_path_of_tiny()
     base_only = generate(*load_for_inference(base_dir), PROMPT, max_new_tokens=6)
@@ -200,7 +200,7 @@ def test_lora_adapter_registers_with_a_reference_to_its_base(
 def model_path_of_tiny() -> str:
     from ftmagic.catalog import model_path
 
-    return model_path("ftmagic/tiny-chat")
+    return model_path("ftmagic/tiny-random-chat")
 
 
 def test_served_model_answers_over_http(

@@ -28,7 +28,7 @@ def test_get_run_by_id_and_by_name(uri: str) -> None:
     run_id = store.create_run(config, backend="inkernel", uri=uri)
     run = get_run(run_id, uri=uri)
     assert run.run_id == run_id
-    assert run.name.startswith("tiny-chat-ner-")
+    assert run.name.startswith("tiny-random-chat-ner-")
     assert run.experiment_path == "lookup"
     assert run.config == config
     assert run.status == "PENDING" and not run.is_done

@@ -39,8 +39,8 @@ def tiny_model_dir(tmp_path: Path) -> Path:
     from ftmagic.models.loading import load_model, load_tokenizer
 
     out = tmp_path / "model"
-    load_model("ftmagic/tiny-chat").save_pretrained(out)
-    load_tokenizer("ftmagic/tiny-chat").save_pretrained(out)
+    load_model("ftmagic/tiny-random-chat").save_pretrained(out)
+    load_tokenizer("ftmagic/tiny-random-chat").save_pretrained(out)
     return out
 
 

@@ -55,7 +55,7 @@ def jp_server_config() -> dict[str, Any]:
 def make_run(uri: str, *, status: str = "PENDING", losses: list[float] | None = None) -> str:
     from mlflow.entities import Metric
 
-    config = RunConfig(model="ftmagic/tiny-chat", train_data_path="train.jsonl")
+    config = RunConfig(model="ftmagic/tiny-random-chat", train_data_path="train.jsonl")
     run_id = store.create_run(config, backend="inkernel", uri=uri)
     if losses:
         now = int(time.time() * 1000)
@@ -100,8 +100,8 @@ async def test_list_runs_newest_first_with_progress_and_loss(jp_fetch: Any, uri:
     assert first["loss"] == []
     assert first["progress"]["step"] == 0
     assert second["status"] == "COMPLETED"
-    assert second["model"] == "ftmagic/tiny-chat"
-    assert second["name"].startswith("tiny-chat-train-")
+    assert second["model"] == "ftmagic/tiny-random-chat"
+    assert second["name"].startswith("tiny-random-chat-train-")
     assert second["progress"]["step"] == 200
     assert second["progress"]["total_steps"] == 200
     assert second["created"] == pytest.approx(time.time(), abs=120)
@@ -222,8 +222,10 @@ async def test_fields_are_the_run_configs_with_help_and_choices(jp_fetch: Any, u
     assert by_name["learning_rate"]["help"] == RunConfig.help()["learning_rate"]
     assert by_name["learning_rate"]["values"] == []
     assert by_name["task_type"]["values"] == list(TaskType)
-    assert by_name["model"]["values"][0] == "ftmagic/tiny-base"  # the catalog, tiny models first
-    assert "ftmagic/tiny-chat" in by_name["model"]["values"]
+    assert (
+        by_name["model"]["values"][0] == "ftmagic/tiny-random-base"
+    )  # the catalog, tiny models first
+    assert "ftmagic/tiny-random-chat" in by_name["model"]["values"]
 
 
 # --- auth and XSRF ------------------------------------------------------------------------------

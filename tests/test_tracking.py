@@ -56,13 +56,13 @@ def test_create_run_records_params_config_tags_and_event(uri: str) -> None:
     assert json.loads(params["eval_prompts"]) == ["Who are you?", "Name the city"]
     assert json.loads(params["lora_target_modules"]) == ["all-linear"]
     assert params["learning_rate"] == "0.0003"
-    assert params["model"] == "ftmagic/tiny-chat"
+    assert params["model"] == "ftmagic/tiny-random-chat"
     tags = mlflow_run.data.tags
     assert tags["ftmagic.status"] == "PENDING"
     assert tags["ftmagic.backend"] == "local"
-    assert tags["ftmagic.model"] == "ftmagic/tiny-chat"
+    assert tags["ftmagic.model"] == "ftmagic/tiny-random-chat"
     assert mlflow_run.info.status == "SCHEDULED"
-    assert mlflow_run.info.run_name.startswith("tiny-chat-ner-")
+    assert mlflow_run.info.run_name.startswith("tiny-random-chat-ner-")
     experiment = MlflowClient(tracking_uri=uri).get_experiment(mlflow_run.info.experiment_id)
     assert experiment.name == "/Users/me/ner"
     assert RunConfig.from_yaml(store.read_config_text(run_id, uri=uri) or "") == config
@@ -78,7 +78,7 @@ def test_run_names_are_unique_within_an_experiment(uri: str) -> None:
     client = MlflowClient(tracking_uri=uri)
     names = {client.get_run(r).info.run_name for r in (first, second)}
     assert len(names) == 2
-    assert all(n.startswith("tiny-chat-ner-") for n in names)
+    assert all(n.startswith("tiny-random-chat-ner-") for n in names)
 
 
 def test_status_changes_are_events_and_end_the_mlflow_run(uri: str) -> None:

@@ -61,7 +61,7 @@ def test_demo_config_is_valid_and_short() -> None:
     config = demo_config()
     assert config.register_to == DEMO_MODEL_NAME
     assert (
-        config.duration.unit == "ba" and config.duration.value * config.tokens_per_batch <= 100_000
+        config.duration.unit == "ba" and config.duration.value * config.tokens_per_batch <= 300_000
     )
     report = validate(config)
     assert report.ok, report.errors

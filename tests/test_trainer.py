@@ -228,7 +228,7 @@ def test_unknown_model_lists_close_matches(train_env: dict[str, Any]) -> None:
     config = fast_config(train_env, model="ftmagic/tiny-chatt")
     result = train(config, new_run(config))
     assert result.status == "FAILED"
-    assert "ftmagic/tiny-chat" in str(result.reason) and "did you mean" in str(result.reason)
+    assert "ftmagic/tiny-random-chat" in str(result.reason) and "did you mean" in str(result.reason)
 
 
 def test_missing_data_fails_before_the_model_loads(train_env: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ def rendered_lengths(model: str, path: str, task_type: str) -> list[tuple[int, l
     return out
 
 
-@pytest.mark.parametrize("model", ["ftmagic/tiny-chat", "ftmagic/tiny-chatml"])
+@pytest.mark.parametrize("model", ["ftmagic/tiny-random-chat", "ftmagic/tiny-random-chatml"])
 def test_chat_counts_equal_render(model: str) -> None:
     report = ftmagic.validate(model=model, train_data_path=CHAT, context_length=150)
     exact = rendered_lengths(model, CHAT, "CHAT_COMPLETION")
@@ -57,9 +57,11 @@ def test_instruction_counts_equal_render(tmp_path: Path) -> None:
     path = tmp_path / "instr.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = ftmagic.validate(
-        model="ftmagic/tiny-chat", train_data_path=str(path), task_type="INSTRUCTION_FINETUNE"
+        model="ftmagic/tiny-random-chat",
+        train_data_path=str(path),
+        task_type="INSTRUCTION_FINETUNE",
     )
-    exact = rendered_lengths("ftmagic/tiny-chat", str(path), "INSTRUCTION_FINETUNE")
+    exact = rendered_lengths("ftmagic/tiny-random-chat", str(path), "INSTRUCTION_FINETUNE")
     assert report.ok, str(report)
     assert report.total_tokens == sum(n for n, _ in exact)
     assert report.trained_tokens == sum(sum(mask) for _, mask in exact)
@@ -68,9 +70,9 @@ def test_instruction_counts_equal_render(tmp_path: Path) -> None:
 def test_pretraining_counts_equal_chunking() -> None:
     path = examples.path("pretrain", "train")
     report = ftmagic.validate(
-        model="ftmagic/tiny-chat", train_data_path=path, task_type="CONTINUED_PRETRAIN"
+        model="ftmagic/tiny-random-chat", train_data_path=path, task_type="CONTINUED_PRETRAIN"
     )
-    tokenizer = load_tokenizer("ftmagic/tiny-chat")
+    tokenizer = load_tokenizer("ftmagic/tiny-random-chat")
     chunks = list(chunk_texts(tokenizer, (text for _, text in iter_text_files(path)), 10_000_000))
     assert report.ok, str(report)
     assert report.total_tokens == report.trained_tokens == len(chunks[0].input_ids)
@@ -84,12 +86,12 @@ def test_pretraining_from_text_records_is_never_truncated(tmp_path: Path) -> Non
     rows = [{"text": long_text}, {"text": "short"}, {"messages": []}, {"text": 5}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = ftmagic.validate(
-        model="ftmagic/tiny-chat",
+        model="ftmagic/tiny-random-chat",
         train_data_path=str(path),
         task_type="CONTINUED_PRETRAIN",
         context_length=256,
     )
-    tokenizer = load_tokenizer("ftmagic/tiny-chat")
+    tokenizer = load_tokenizer("ftmagic/tiny-random-chat")
     expected = sum(len(c.input_ids) for c in chunk_texts(tokenizer, [long_text, "short"], 256))
     assert report.num_examples == 2
     assert report.total_tokens == report.trained_tokens == expected > 256
@@ -101,7 +103,7 @@ def test_pretraining_from_text_records_is_never_truncated(tmp_path: Path) -> Non
 
 def test_chat_file_given_as_pretraining_names_the_task(tmp_path: Path) -> None:
     report = ftmagic.validate(
-        model="ftmagic/tiny-chat", train_data_path=NER, task_type="CONTINUED_PRETRAIN"
+        model="ftmagic/tiny-random-chat", train_data_path=NER, task_type="CONTINUED_PRETRAIN"
     )
     assert report.num_errors == 1
     assert report.errors[0].fix == "set task_type: CHAT_COMPLETION"
@@ -118,7 +120,7 @@ def test_steps_are_the_trainers_and_time_is_calibrated(tmp_path: Path) -> None:
     with open(NER, encoding="utf-8") as handle:
         data.write_text("".join(handle.readlines()[:300]), encoding="utf-8")
     config = RunConfig(
-        model="ftmagic/tiny-chat",
+        model="ftmagic/tiny-random-chat",
         train_data_path=str(data),
         training_duration="2ep",
         tokens_per_batch=1024,
@@ -140,13 +142,15 @@ def test_eval_data_is_validated_and_named(tmp_path: Path) -> None:
     bad_eval = tmp_path / "eval.jsonl"
     bad_eval.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     report = ftmagic.validate(
-        model="ftmagic/tiny-chat", train_data_path=NER, eval_data_path=str(bad_eval)
+        model="ftmagic/tiny-random-chat", train_data_path=NER, eval_data_path=str(bad_eval)
     )
     assert report.num_errors == 1
     assert report.errors[0].source == str(bad_eval)
     assert report.errors[0].line == 1
     good = ftmagic.validate(
-        model="ftmagic/tiny-chat", train_data_path=NER, eval_data_path=examples.path("ner", "eval")
+        model="ftmagic/tiny-random-chat",
+        train_data_path=NER,
+        eval_data_path=examples.path("ner", "eval"),
     )
     assert good.ok
     assert good.eval_num_examples == lines(examples.path("ner", "eval")) > 0
@@ -162,7 +166,7 @@ def test_recommendations_of_the_hosted_product(tmp_path: Path) -> None:
         + "\n"
     )
     report = ftmagic.validate(
-        model="ftmagic/tiny-chat", train_data_path=str(small), training_duration="6ep"
+        model="ftmagic/tiny-random-chat", train_data_path=str(small), training_duration="6ep"
     )
     assert report.ok
     text = " ".join(report.recommendations)
@@ -173,7 +177,7 @@ def test_recommendations_of_the_hosted_product(tmp_path: Path) -> None:
 
 def test_runs_over_ten_billion_tokens_are_refused() -> None:
     report = ftmagic.validate(
-        model="ftmagic/tiny-chat", train_data_path=NER, training_duration="20_000_000_000tok"
+        model="ftmagic/tiny-random-chat", train_data_path=NER, training_duration="20_000_000_000tok"
     )
     assert not report.ok
     error = report.errors[0]
@@ -190,7 +194,7 @@ def test_retired_model_names_its_replacement() -> None:
 
 
 def test_model_without_chat_template_is_one_error() -> None:
-    report = ftmagic.validate(model="ftmagic/tiny-base", train_data_path=NER)
+    report = ftmagic.validate(model="ftmagic/tiny-random-base", train_data_path=NER)
     assert report.num_errors == 1
     assert "no chat template" in report.errors[0].rule
     assert report.num_examples == lines(NER)  # rules still checked
@@ -203,8 +207,12 @@ def test_sources_agree(tmp_path: Path) -> None:
     rows = [r.data for r in iter_records(NER)][:50]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "ner.parquet")
     (tmp_path / "ner.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    a = ftmagic.validate(model="ftmagic/tiny-chat", train_data_path=str(tmp_path / "ner.parquet"))
-    b = ftmagic.validate(model="ftmagic/tiny-chat", train_data_path=str(tmp_path / "ner.jsonl"))
+    a = ftmagic.validate(
+        model="ftmagic/tiny-random-chat", train_data_path=str(tmp_path / "ner.parquet")
+    )
+    b = ftmagic.validate(
+        model="ftmagic/tiny-random-chat", train_data_path=str(tmp_path / "ner.jsonl")
+    )
     assert (a.num_examples, a.total_tokens, a.trained_tokens) == (
         b.num_examples,
         b.total_tokens,
@@ -218,7 +226,7 @@ def test_report_outputs(tmp_path: Path) -> None:
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
     evil = {"messages": [{"role": "<script>alert(1)</script>", "content": "x"}]}
     path.write_text(json.dumps(good) + "\n" + json.dumps(evil) + "\n")
-    report = ftmagic.validate(model="ftmagic/tiny-chat", train_data_path=str(path))
+    report = ftmagic.validate(model="ftmagic/tiny-random-chat", train_data_path=str(path))
     data = json.loads(json.dumps(report.to_dict()))
     assert data["ok"] is False
     assert data["num_examples"] == 1
@@ -244,7 +252,7 @@ def test_histogram_bins() -> None:
 
 
 def test_report_is_the_public_type() -> None:
-    report = ftmagic.validate(model="ftmagic/tiny-chat", train_data_path=NER)
+    report = ftmagic.validate(model="ftmagic/tiny-random-chat", train_data_path=NER)
     assert isinstance(report, ValidationReport)
     assert report.ok
     report.raise_if_failed()

@@ -51,7 +51,7 @@ def check(content: bytes, name: str, task_type: str) -> None:
         path.write_bytes(content)
         try:
             report = ftmagic.validate(
-                model="ftmagic/tiny-chat", train_data_path=str(path), task_type=task_type
+                model="ftmagic/tiny-random-chat", train_data_path=str(path), task_type=task_type
             )
         except FtmagicError:
             return

@@ -182,7 +182,11 @@ def _catalog() -> tuple[ModelEntry, ...]:
             template_family=spec.template_family,
             params=f"{param_count(spec) / 1e6:.2f}M",
             kind="tiny",
-            note="built-in random-init model for demos and tests; built on first use",
+            note=(
+                "built-in pretrained model, ships with ftmagic (see its model card)"
+                if spec.pretrained
+                else "built-in random-init model for tests; built on first use"
+            ),
         )
         for spec in TINY_MODELS.values()
     ]

@@ -20,6 +20,7 @@ Two choices let a model this small learn, within minutes on a CPU, to copy words
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -73,6 +74,7 @@ class TinySpec:
     context_length: int = 2048
     tie_embeddings: bool = True
     seed: int = 1234
+    pretrained: bool = False  # weights ship in resources/tiny_models (else random-init)
 
 
 LLAMA3_SPECIALS = (
@@ -84,11 +86,12 @@ LLAMA3_SPECIALS = (
 )
 CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
-TINY_MODELS: dict[str, TinySpec] = {
-    spec.name: spec
-    for spec in (
+
+def _family_specs(prefix: str, **size: Any) -> tuple[TinySpec, ...]:
+    """The three template families (Llama 3 chat, ChatML chat, base) at one size."""
+    return (
         TinySpec(
-            name="ftmagic/tiny-chat",
+            name=f"{PREFIX}{prefix}chat",
             template_family="llama3",
             chat_template=LLAMA3_TEMPLATE,
             special_tokens=LLAMA3_SPECIALS,
@@ -97,9 +100,10 @@ TINY_MODELS: dict[str, TinySpec] = {
             pad_token="<|end_of_text|>",
             add_bos=True,
             extra_eos=("<|end_of_text|>",),
+            **size,
         ),
         TinySpec(
-            name="ftmagic/tiny-chatml",
+            name=f"{PREFIX}{prefix}chatml",
             template_family="chatml",
             chat_template=CHATML_TEMPLATE,
             special_tokens=CHATML_SPECIALS,
@@ -108,9 +112,10 @@ TINY_MODELS: dict[str, TinySpec] = {
             pad_token="<|endoftext|>",
             add_bos=False,
             extra_eos=("<|endoftext|>",),
+            **size,
         ),
         TinySpec(
-            name="ftmagic/tiny-base",
+            name=f"{PREFIX}{prefix}base",
             template_family="none",
             chat_template=None,
             special_tokens=LLAMA3_SPECIALS,
@@ -118,9 +123,24 @@ TINY_MODELS: dict[str, TinySpec] = {
             eos_token="<|end_of_text|>",
             pad_token="<|end_of_text|>",
             add_bos=True,
+            **size,
         ),
     )
+
+
+PRETRAINED_SIZE: dict[str, Any] = {
+    "hidden_size": 192,
+    "intermediate_size": 512,
+    "num_layers": 4,
+    "num_heads": 6,
+    "num_kv_heads": 2,
+    "pretrained": True,
 }
+PRETRAINED: dict[str, TinySpec] = {s.name: s for s in _family_specs("tiny-", **PRETRAINED_SIZE)}
+"""The pretrained tiny models, shipped in the package (``scripts/pretrain_tiny.py`` makes them)."""
+RANDOM_INIT: dict[str, TinySpec] = {s.name: s for s in _family_specs("tiny-random-")}
+"""Random-init tiny models, built on first use: fresh and fast, for tests."""
+TINY_MODELS: dict[str, TinySpec] = {**PRETRAINED, **RANDOM_INIT}
 """The built-in tiny models (a constant: never mutated)."""
 
 
@@ -148,6 +168,20 @@ def tiny_model_dir(name: str) -> Path:
     return cache_dir() / "models" / f"{name.removeprefix(PREFIX)}-{VERSION}"
 
 
+def shipped_model_dir(name: str) -> Path:
+    """The package folder of pretrained tiny model ``name``."""
+    from ftmagic.errors import ModelError
+
+    folder = Path(str(resources.files("ftmagic.resources"))) / "tiny_models"
+    folder /= name.removeprefix(PREFIX)
+    if not (folder / "config.json").exists():
+        raise ModelError(
+            f"model '{name}': its weights are missing from the package ({folder}). Fix: "
+            "reinstall ftmagic, or rebuild them with python scripts/pretrain_tiny.py"
+        )
+    return folder
+
+
 def ensure_tiny_model(name: str) -> Path:
     """The folder of tiny model ``name``, building it first if it is not in the cache yet.
 
@@ -155,6 +189,8 @@ def ensure_tiny_model(name: str) -> Path:
     (several test processes) never see a half-written model.
     """
     spec = TINY_MODELS[name]
+    if spec.pretrained:
+        return shipped_model_dir(name)
     final = tiny_model_dir(name)
     if (final / "config.json").exists():
         return final
@@ -201,8 +237,12 @@ def corpus_text() -> str:
 
 def build_tokenizer(spec: TinySpec) -> Any:
     """A byte-level BPE tokenizer trained on the bundled corpus, wrapped for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    return wrap_tokenizer(train_bpe(corpus_text().split("\n\n"), spec), spec)
+
+
+def train_bpe(texts: list[str], spec: TinySpec) -> Any:
+    """A byte-level BPE ``tokenizers.Tokenizer`` of ``spec.vocab_size`` tokens, from ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -218,13 +258,20 @@ def build_tokenizer(spec: TinySpec) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(corpus_text().split("\n\n"), trainer=trainer)
-    bos_id = tok.token_to_id(spec.bos_token)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def wrap_tokenizer(tok: Any, spec: TinySpec) -> Any:
+    """``tok`` as a transformers tokenizer with ``spec``'s special tokens and chat template."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
     if spec.add_bos:
         tok.post_processor = processors.TemplateProcessing(
             single=f"{spec.bos_token} $A",
             pair=f"{spec.bos_token} $A {spec.bos_token} $B",
-            special_tokens=[(spec.bos_token, bos_id)],
+            special_tokens=[(spec.bos_token, tok.token_to_id(spec.bos_token))],
         )
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -239,6 +286,46 @@ def build_tokenizer(spec: TinySpec) -> Any:
     if spec.chat_template is not None:
         wrapped.chat_template = spec.chat_template
     return wrapped
+
+
+SHARED_SPECIALS = (*LLAMA3_SPECIALS, *CHATML_SPECIALS)
+"""The pretrained models share one vocabulary, so one pretraining serves all three templates."""
+
+
+def train_shared_tokenizer(texts: list[str], out: Path) -> None:
+    """Train the pretrained models' tokenizer on ``texts``; save it as ``out``, a tokenizer.json."""
+    spec = next(iter(PRETRAINED.values()))
+    tok = train_bpe(texts, TinySpec(**{**spec.__dict__, "special_tokens": SHARED_SPECIALS}))
+    tok.save(str(out))
+
+
+def write_tokenizer_files(spec: TinySpec, tokenizer_json: Path, folder: Path) -> Any:
+    """Save the shared tokenizer wrapped for ``spec`` into model ``folder``, and point the folder's
+    config and generation config at ``spec``'s special tokens. Returns the tokenizer."""
+    from tokenizers import Tokenizer
+
+    tokenizer = wrap_tokenizer(Tokenizer.from_file(str(tokenizer_json)), spec)
+    tokenizer.save_pretrained(str(folder))
+    eos = [tokenizer.convert_tokens_to_ids(t) for t in (spec.eos_token, *spec.extra_eos)]
+    ids = {"bos_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    for file, eos_value in (
+        ("config.json", eos[0] if len(eos) == 1 else eos),
+        ("generation_config.json", eos),
+    ):
+        path = folder / file
+        if path.exists():
+            data = json.loads(path.read_text("utf-8"))
+            data.update(ids, eos_token_id=eos_value)
+            path.write_text(json.dumps(data, indent=2) + "\n", "utf-8")
+    return tokenizer
+
+
+def build_pretrained_init(tokenizer_json: Path, out: Path) -> None:
+    """The random-init starting point of pretraining: tiny-base's size and tokenizer."""
+    spec = PRETRAINED[f"{PREFIX}tiny-base"]
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = write_tokenizer_files(spec, tokenizer_json, out)
+    build_model(spec, tokenizer).save_pretrained(str(out))
 
 
 def build_model(spec: TinySpec, tokenizer: Any) -> Any:
