@@ -309,6 +309,6 @@ def test_config_fields_and_values_complete_in_finetune_cells(ipshell: TestingShe
     backends = completions_at_end(ipshell, "%%finetune\nbackend: lo")
     assert backends == ["local"]
     models = completions_at_end(ipshell, "%%finetune\nmodel: ftmagic/tiny-c")
-    assert models[:2] == ["ftmagic/tiny-random-chat", "ftmagic/tiny-random-chatml"]
+    assert models[:2] == ["ftmagic/tiny-chat", "ftmagic/tiny-chatml"]
     assert completions_at_end(ipshell, "%%finetune\npacking: t") == ["true"]
     assert "learning_rate" not in completions_at_end(ipshell, "lear")  # not outside the magic

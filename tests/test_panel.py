@@ -218,11 +218,14 @@ def test_implausible_values_are_warned_about_not_refused(
 def test_model_picker_lists_tiny_models_first_and_searches(panel: Panel) -> None:
     picker = widget_of(panel, "model")
     names = [name for _, name in picker.options]
-    assert names[:4] == [
+    assert names[:7] == [
         "",
-        "ftmagic/tiny-random-base",
+        "ftmagic/tiny-random-base",  # smallest first
         "ftmagic/tiny-random-chat",
         "ftmagic/tiny-random-chatml",
+        "ftmagic/tiny-base",
+        "ftmagic/tiny-chat",
+        "ftmagic/tiny-chatml",
     ]
     assert names.index("HuggingFaceTB/SmolLM2-135M-Instruct") < names.index(
         "meta-llama/Llama-3.1-405B"

@@ -77,6 +77,10 @@ def _weights_key(path: str, dtype: Any) -> tuple[str, int, str] | None:
 def _load_weights(name_or_path: str, path: str, dtype: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
+    from ftmagic import quiet
+
+    quiet.apply()  # no "Loading weights" bar in a notebook cell that loads a model itself
+
     kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
