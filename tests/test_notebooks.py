@@ -24,14 +24,13 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 # Shorter runs than the notebooks' defaults, same models and data.
 OVERRIDES: dict[str, dict[str, object]] = {
     "01_quickstart.ipynb": {"DURATION": "30ba", "TRAIN_EXAMPLES": 600},
-    # A third of the NER notebook's default training, on 100 of the 250 test sentences: enough for
-    # the answer format (json_valid 0 -> 0.99) and the first unseen drug names (F1 0 -> 0.022 on
-    # 2 cores), so the notebook's own check that F1 rises by MIN_F1_GAIN still runs.
+    # Two thirds of the NER notebook's training, scored on 100 of the 250 test sentences; the
+    # notebook's own check that test F1 on unseen drugs reaches MIN_F1 = 0.8 still runs (its 1.5
+    # epochs reach 0.94 on all 250; one epoch reached 0.89 eval F1 on the way).
     "02_ner_instruction_finetuning.ipynb": {
         "IMG_DIR": "img",
-        "DURATION": "4ep",
+        "DURATION": "1ep",
         "TEST_EXAMPLES": 100,
-        "MIN_F1_GAIN": 0.01,
     },
     "03_chat_completion.ipynb": {"DURATION": "30ba", "CHECKPOINT_EVERY": "15ba"},
     "04_continued_pretraining.ipynb": {"DURATION": "1ep"},
