@@ -3,15 +3,15 @@
     .venv/bin/python benchmarks/train_bench.py            # all configurations, a Markdown table
     .venv/bin/python benchmarks/train_bench.py --steps 10 # a quicker, noisier look
 
-Every configuration trains the built-in random-init ``ftmagic/tiny-random-chat`` (2 layers, width 128, 4 heads, 2 KV
-heads, MLP 344, 2,048-token vocabulary, tied embeddings) from the same weights, on the same 2,000
-synthetic drug-name-extraction chats of 1-3 turns (built from the bundled NER data with a fixed
-seed), with the loss on assistant tokens only, about 4,096 real tokens per optimizer step, AdamW at
-a constant learning rate, and ``--steps`` counted steps after ``--warmup`` warm-up steps. Each
-configuration runs in its own subprocess, one after another, so peak RSS is its own, once per seed
-(``--seeds``), seed by seed. Reported, as means over the seeds: real (non-pad) tokens/s over the
-counted steps, the padding fraction, peak RSS, the final loss (mean of the last five steps, with
-half its range over the seeds as the noise) and ratios against TRL.
+Every configuration trains the built-in random-init ``ftmagic/tiny-random-chat`` (2 layers, width
+128, 4 heads, 2 KV heads, MLP 344, 2,048-token vocabulary, tied embeddings) from the same weights,
+on the same 2,000 synthetic drug-name-extraction chats of 1-3 turns (built from the bundled NER data
+with a fixed seed), with the loss on assistant tokens only, about 4,096 real tokens per optimizer
+step, AdamW at a constant learning rate, and ``--steps`` counted steps after ``--warmup`` warm-up
+steps. Each configuration runs in its own subprocess, one after another, so peak RSS is its own,
+once per seed (``--seeds``), seed by seed. Reported, as means over the seeds: real (non-pad)
+tokens/s over the counted steps, the padding fraction, peak RSS, the final loss (mean of the last
+five steps, with half its range over the seeds as the noise) and ratios against TRL.
 
 - ``ftmagic``: the trainer's packed rows (``pack_length`` matched to the data), no MLflow.
 - ``ftmagic + MLflow``: the same with per-step metrics to a SQLite MLflow store, heartbeat and
