@@ -222,7 +222,7 @@ async def test_fields_are_the_run_configs_with_help_and_choices(jp_fetch: Any, u
     assert by_name["learning_rate"]["help"] == RunConfig.help()["learning_rate"]
     assert by_name["learning_rate"]["values"] == []
     assert by_name["task_type"]["values"] == list(TaskType)
-    assert by_name["model"]["values"][0] == "ftmagic/tiny-base"  # the catalog, tiny models first
+    assert by_name["model"]["values"][0] == "ftmagic/tiny-random-base"  # tiny ones, smallest first
     assert "ftmagic/tiny-random-chat" in by_name["model"]["values"]
 
 

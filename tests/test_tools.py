@@ -108,7 +108,7 @@ def test_templates_without_tool_support_name_the_model() -> None:
     for name in ("gemma2", "phi4"):
         with pytest.raises(DataError, match="has no tool support") as info:
             chat(name, TOOL_RECORD)
-        assert info.value.field == "tools" and "tiny-chat" in str(info.value)
+        assert info.value.field == "tools" and "tiny-random-chat" in str(info.value)
     granite = tokenizer_for("granite")  # its tools section lists them; calls are not rendered
     with pytest.raises(DataError, match="does not render the assistant's tool call"):
         render(granite, TOOL_RECORD, "CHAT_COMPLETION")
