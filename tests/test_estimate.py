@@ -104,9 +104,10 @@ def test_time_estimate_within_half_of_the_measured_time(train_env: dict[str, Any
         )
         report = validate(config, measure=measure)  # calibrates as ftmagic.validate does
         assert report.ok, report.errors
-        # Load on a shared machine only ever adds time, so each run is timed twice and the
-        # estimate is held to the quicker one, as benchmarks take the best of several.
-        timed = [_timed_run(config) for _ in range(2)]
+        # Load on a shared machine only ever adds time, so each run is timed three times and the
+        # estimate is held to the quickest, as benchmarks take the best of several (twice was not
+        # enough under a CPU hog plus a second test worker: a 0.5 s estimate met a 1.2 s best).
+        timed = [_timed_run(config) for _ in range(3)]
         took, run_id, result = min(timed, key=lambda t: t[0])
         assert result.status == "COMPLETED", result.reason
         assert report.estimated_steps == result.total_steps
