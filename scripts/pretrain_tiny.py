@@ -168,53 +168,43 @@ def train_all(args: argparse.Namespace) -> None:
     chat = (
         ftmagic.get(args.chat_run)
         if args.chat_run
-        else create(
-            model=str(with_tokenizer(final_model(base), "ftmagic/tiny-chat", work)),
-            task_type="CHAT_COMPLETION",
-            train_data_path=str(work / "instruct_train.jsonl"),
-            eval_data_path=str(work / "instruct_eval.jsonl"),
-            training_duration=args.instruct_duration,
-            learning_rate=1.5e-3,
-            warmup_steps=20,
-            tokens_per_batch=8192,
-            checkpoint_interval="150ba",
-        )
+        else chat_run(base, "ftmagic/tiny-chat", work, "instruct", args.instruct_duration, 1.5e-3)
     )
     rows.append(run_row("instruction tuning, round 1: tiny-chat", chat))
     # Round 2: fresh names at a lower rate. Copying an unseen name token by token is learnt late
     # (the answer loss drops in a step once it is), so the chat model trains on more chats than
     # one round of a schedule would use well.
-    chat = create(
-        model=str(with_tokenizer(final_model(chat), "ftmagic/tiny-chat", work)),
-        task_type="CHAT_COMPLETION",
-        train_data_path=str(work / "instruct2_train.jsonl"),
-        eval_data_path=str(work / "instruct2_eval.jsonl"),
-        training_duration=args.instruct2_duration,
-        learning_rate=1e-3,
-        warmup_steps=20,
-        tokens_per_batch=8192,
-        checkpoint_interval="150ba",
-    )
+    chat = chat_run(chat, "ftmagic/tiny-chat", work, "instruct2", args.instruct2_duration, 1e-3)
     rows.append(run_row("instruction tuning, round 2: tiny-chat", chat))
     export(with_tokenizer(final_model(chat), "ftmagic/tiny-chat", work), "ftmagic/tiny-chat", out)
     # ChatML: the same skills under another template, so a short run from tiny-chat's weights
     # teaches the new turn markers.
-    chatml = create(
-        model=str(with_tokenizer(final_model(chat), "ftmagic/tiny-chatml", work)),
-        task_type="CHAT_COMPLETION",
-        train_data_path=str(work / "instruct_train.jsonl"),
-        eval_data_path=str(work / "instruct_eval.jsonl"),
-        training_duration=args.chatml_duration,
-        learning_rate=5e-4,
-        warmup_steps=10,
-        tokens_per_batch=8192,
-        checkpoint_interval=args.chatml_duration,
+    chatml = chat_run(
+        chat, "ftmagic/tiny-chatml", work, "instruct", args.chatml_duration, 5e-4, warmup=10
     )
     rows.append(run_row("template tuning: tiny-chatml", chatml))
     name = "ftmagic/tiny-chatml"
     export(with_tokenizer(final_model(chatml), name, work), name, out)
     write_card(out, rows)
     print(f"tokenizer and models: {out} ({tiny.PREFIX}tiny-base, -chat, -chatml)")
+
+
+def chat_run(
+    start: Any, name: str, work: Path, data: str, duration: str, rate: float, warmup: int = 20
+) -> Any:
+    """An instruction-tuning run from ``start``'s final weights with tiny model ``name``'s
+    template, on the ``data``_train/_eval chats."""
+    return create(
+        model=str(with_tokenizer(final_model(start), name, work)),
+        task_type="CHAT_COMPLETION",
+        train_data_path=str(work / f"{data}_train.jsonl"),
+        eval_data_path=str(work / f"{data}_eval.jsonl"),
+        training_duration=duration,
+        learning_rate=rate,
+        warmup_steps=warmup,
+        tokens_per_batch=8192,
+        checkpoint_interval="150ba",
+    )
 
 
 def pretrain(args: argparse.Namespace) -> Any:

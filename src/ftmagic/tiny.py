@@ -20,6 +20,7 @@ Two choices let a model this small learn, within minutes on a CPU, to copy words
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -295,7 +296,7 @@ SHARED_SPECIALS = (*LLAMA3_SPECIALS, *CHATML_SPECIALS)
 def train_shared_tokenizer(texts: list[str], out: Path) -> None:
     """Train the pretrained models' tokenizer on ``texts``; save it as ``out``, a tokenizer.json."""
     spec = next(iter(PRETRAINED.values()))
-    tok = train_bpe(texts, TinySpec(**{**spec.__dict__, "special_tokens": SHARED_SPECIALS}))
+    tok = train_bpe(texts, dataclasses.replace(spec, special_tokens=SHARED_SPECIALS))
     tok.save(str(out))
 
 
