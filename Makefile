@@ -31,7 +31,7 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 pytest: $(STAMP) browser
-	$(BIN)/pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=25 tests
+	$(BIN)/pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=25 tests
 
 test: lint typecheck pytest
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,17 +35,46 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """For ``-n 2 --dist loadgroup --no-loadscope-reorder``: each test file runs in one worker
-    (its module fixtures, such as a Ray head or a JupyterLab server, start once), except the
-    notebooks, the longest tests, which run one each and first (the NER one before the others),
-    so the other worker works through the rest meanwhile."""
-    notebooks = [i for i in items if i.nodeid.startswith(NOTEBOOK_RUNS)]
-    notebooks.sort(key=lambda i: LONGEST not in i.nodeid)
-    for item in items:
-        group = item.nodeid if item in notebooks else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-    items[:] = notebooks + [i for i in items if i not in notebooks]
+    """The order work is handed out in: the notebooks first (NER, the longest, before the
+    others), then the files with long module fixtures, then the rest, so short files fill the
+    end and neither worker waits long for the other."""
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        if item.nodeid.startswith(NOTEBOOK_RUNS):
+            return (0, LONGEST not in item.nodeid)
+        path = item.nodeid.split("::")[0]
+        return (1, HEAVY_FILES.index(path)) if path in HEAVY_FILES else (2, 0)
+
+    items.sort(key=rank)  # stable: collection order within a rank
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """For ``-n 2 --dist loadscope --no-loadscope-reorder``: each test file is one unit of work
+    (its module fixtures, such as a Ray head or a JupyterLab server, start once), except each
+    notebook run, a unit of its own, so the other worker works through the rest meanwhile.
+
+    xdist's ``loadgroup`` did this through ``xdist_group`` marks, but since pytest 9.2 its
+    change of the node ID no longer takes, and every test became a unit of its own."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileOrNotebookScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if nodeid.startswith(NOTEBOOK_RUNS) else nodeid.split("::")[0]
+
+    return FileOrNotebookScheduling(config, log)
 
 
 NOTEBOOK_RUNS = "tests/test_notebooks.py::test_notebook_runs_headless"
 LONGEST = "02_ner_instruction_finetuning"
+HEAVY_FILES = [
+    "tests/test_ray_runner.py",
+    "tests/test_lab_ui.py",
+    "tests/test_local_runner.py",
+    "tests/test_fsdp_resume.py",
+    "tests/test_architectures.py",
+    "tests/test_durable_outputs.py",
+    "tests/test_registry_serving.py",
+    "tests/test_counting.py",
+]
