@@ -51,7 +51,7 @@ FAST = (
 )
 SHORT_RUN = (
     '%%finetune\nmodel: ftmagic/tiny-random-chat\ntrain_data_path: "{train}"\n'
-    f"training_duration: 800ba\ncheckpoint_interval: 800ba\n{FAST}"
+    f"training_duration: 200ba\ncheckpoint_interval: 200ba\n{FAST}"
 )
 LONG_RUN = (
     '%%finetune\nmodel: ftmagic/tiny-random-chat\ntrain_data_path: "{train}"\n'
@@ -220,7 +220,7 @@ def test_lab_extension_end_to_end(lab: Lab, page: Any) -> None:
     clock.lap("kernel and dry run")
 
     # 3. Train it; the sidebar shows it RUNNING, then COMPLETED with its curve and progress. The
-    # run is long enough (tens of seconds when idle) for the sidebar's polls to see it live.
+    # run is long enough (8 s when idle) for the sidebar's 2 s polls to see it live.
     page.locator('.jp-SideBar .lm-TabBar-tab[data-id="ftmagic-runs"]').click()
     page.wait_for_selector("#ftmagic-runs .jp-ftmagic-empty")
     page.evaluate(JS_WATCH_STATUSES)
@@ -232,8 +232,8 @@ def test_lab_extension_end_to_end(lab: Lab, page: Any) -> None:
     assert seen.index("RUNNING") < seen.index("COMPLETED"), seen
     shown = sidebar_runs(page)[first]
     assert shown["model"] == "ftmagic/tiny-random-chat"
-    assert shown["progress"] == "800/800"
-    assert shown["spark"].count("L") == 79  # 800 loss points, sent downsampled to 80
+    assert shown["progress"] == "200/200"
+    assert shown["spark"].count("L") == 79  # 200 loss points, sent downsampled to 80
     assert shown["mlflow"] == f"{MLFLOW_UI}/#/runs/{first}"
     assert not shown["cancel"]
     assert get_run(first, uri=uri).status == "COMPLETED"
