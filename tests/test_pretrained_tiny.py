@@ -4,6 +4,7 @@ corpus; ``scripts/pretrain_tiny.py`` rebuilds them through ftmagic's own runs.""
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def test_pretraining_script_records_its_runs_and_writes_loadable_models(tmp_path
         "--chatml-duration",
         "2ba",
     ]
-    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": env_uri}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": env_uri}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
