@@ -79,6 +79,34 @@ def model_dirs(env: Path) -> ModelDirs:
     return ModelDirs(env)
 
 
+class FullRuns(dict[str, str]):
+    """Each family's full fine-tuning run on the copy task (the SERVED ones registered), made on
+    first use: the training test checks it, the serving test serves it, in either order."""
+
+    def __init__(self, root: Path, model_dirs: ModelDirs) -> None:
+        super().__init__()
+        self.root = root
+        self.model_dirs = model_dirs
+
+    def __missing__(self, name: str) -> str:
+        data = write_jsonl(self.root / f"{name}-copy.jsonl", copy_task(name))
+        register = {"register_to": f"main.archs.{name.replace('.', '_').replace('-', '_')}"}
+        config = run_config(
+            name, self.model_dirs[name], data, **(register if name in SERVED else {})
+        )
+        run_id = store.create_run(config, backend="inkernel")
+        result = train(config, run_id)
+        assert result.status == "COMPLETED", result.reason
+        assert result.final_loss is not None and result.final_loss < 0.1
+        self[name] = run_id
+        return run_id
+
+
+@pytest.fixture(scope="module")
+def full_runs(env: Path, model_dirs: ModelDirs) -> FullRuns:
+    return FullRuns(env, model_dirs)
+
+
 def run_config(name: str, folder: Path, data: Path, **changes: Any) -> RunConfig:
     base: dict[str, Any] = {
         "model": str(folder),
@@ -143,19 +171,9 @@ def turn_end_id(name: str) -> int:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("name", NAMES)
-def test_full_training_learns_to_stop_at_the_end_of_turn(
-    name: str, env: Path, model_dirs: ModelDirs
-) -> None:
+def test_full_training_learns_to_stop_at_the_end_of_turn(name: str, full_runs: FullRuns) -> None:
     records = copy_task(name)
-    data = write_jsonl(env / f"{name}-copy.jsonl", records)
-    register = {"register_to": f"main.archs.{name.replace('.', '_').replace('-', '_')}"}
-    config = run_config(name, model_dirs[name], data, **(register if name in SERVED else {}))
-    run_id = store.create_run(config, backend="inkernel")
-    result = train(config, run_id)
-    assert result.status == "COMPLETED", result.reason
-    assert result.final_loss is not None and result.final_loss < 0.1
-
-    folder = store.resolve_weights(f"runs:/{run_id}")
+    folder = store.resolve_weights(f"runs:/{full_runs[name]}")
     model, tokenizer = load_for_inference(folder)
     end = turn_end_id(name)
     assert end in model.generation_config.eos_token_id  # generation stops on the turn's end
@@ -214,20 +232,12 @@ def store_losses(run_id: str) -> dict[int, float]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", SERVED)
-def test_served_model_answers_as_run_generate(name: str, env: Path) -> None:
-    experiment = f"archs-{name}"
-    runs = [r for r in _runs(experiment) if r.registered_model]
-    assert runs, "the full-training test registers this model first"
-    run = runs[0]
+def test_served_model_answers_as_run_generate(name: str, full_runs: FullRuns) -> None:
+    run = get_run(full_runs[name])
+    assert run.registered_model == f"models:/main.archs.{name}/1"
     prompt = copy_task(name)[0]["messages"][:-1]
     expected = run.generate(prompt, max_new_tokens=16)
     assert expected.strip() == copy_task(name)[0]["messages"][-1]["content"]
     with run.serve() as endpoint:
         served = endpoint.chat(prompt, max_new_tokens=16)
     assert served.strip() == expected.strip()
-
-
-def _runs(experiment: str) -> list[Any]:
-    from ftmagic.tracking.run import list_runs
-
-    return [get_run(r.run_id) for r in list_runs(experiment_path=experiment)]

@@ -9,22 +9,20 @@ tokenizing it and the memory of one batch.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import html
 import json
 import math
 import os
-import threading
 import time
 from array import array
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
+from ftmagic.caching import CopyCache
 from ftmagic.config import MAX_TOTAL_TOKENS, DatasetStats, RunConfig
 from ftmagic.data.counting import Counted, TokenCounter
 from ftmagic.data.formats import Converter, first_system_prompt, runs_together
@@ -292,8 +290,7 @@ class ValidationReport:
 
 # --- validate -----------------------------------------------------------------------------------
 VALIDATION_CACHE_SIZE = 8
-_validation_cache: OrderedDict[str, ValidationReport] = OrderedDict()
-_validation_lock = threading.Lock()
+_validation_cache: CopyCache[ValidationReport] = CopyCache(VALIDATION_CACHE_SIZE)
 
 
 def validate(
@@ -312,23 +309,16 @@ def validate(
     """
     calibrate = measure is not None
     key = validation_key(config, max_errors, calibrate)
-    with _validation_lock:
-        cached = _validation_cache.get(key) if key is not None else None
-        if cached is not None:
-            _validation_cache.move_to_end(key)  # type: ignore[arg-type]
-            return copy.deepcopy(cached)
+    cached = _validation_cache.get(key)
+    if cached is not None:
+        return cached
     report = _validate(config, max_errors=max_errors, measure=measure)
-    if key is not None:
-        with _validation_lock:
-            _validation_cache[key] = copy.deepcopy(report)
-            while len(_validation_cache) > VALIDATION_CACHE_SIZE:
-                _validation_cache.popitem(last=False)
+    _validation_cache.put(key, report)
     return report
 
 
 def clear_validation_cache() -> None:
-    with _validation_lock:
-        _validation_cache.clear()
+    _validation_cache.clear()
 
 
 def validation_key(config: RunConfig, max_errors: int, calibrate: bool) -> str | None:

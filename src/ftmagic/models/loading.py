@@ -6,14 +6,12 @@ models the same way without importing each other.
 
 from __future__ import annotations
 
-import collections
-import copy
 import functools
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
+from ftmagic.caching import CopyCache
 from ftmagic.catalog import model_path
 from ftmagic.errors import ModelError, RunError
 
@@ -31,8 +29,7 @@ def load_tokenizer(name: str) -> Any:
 
 WEIGHTS_CACHE_SIZE = 2  # models kept per process
 WEIGHTS_CACHE_MAX_BYTES = 2 * 1024**3  # bigger models are loaded every time, never kept
-_weights_cache: collections.OrderedDict[tuple[str, int, str], Any] = collections.OrderedDict()
-_weights_lock = threading.Lock()
+_weights_cache: CopyCache[Any] = CopyCache(WEIGHTS_CACHE_SIZE)
 
 
 def load_model(name_or_path: str, *, dtype: Any = None) -> Any:
@@ -43,25 +40,19 @@ def load_model(name_or_path: str, *, dtype: Any = None) -> Any:
     deep copy, so runs never share weights that training changes."""
     path = model_path(name_or_path)
     key = _weights_key(path, dtype)
-    with _weights_lock:
-        cached = _weights_cache.get(key) if key is not None else None
-        if cached is not None:
-            _weights_cache.move_to_end(key)  # type: ignore[arg-type]
-            return copy.deepcopy(cached)
+    cached = _weights_cache.get(key)
+    if cached is not None:
+        return cached
     model = _load_weights(name_or_path, path, dtype)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    if key is not None and size <= WEIGHTS_CACHE_MAX_BYTES:
-        with _weights_lock:
-            _weights_cache[key] = copy.deepcopy(model)
-            while len(_weights_cache) > WEIGHTS_CACHE_SIZE:
-                _weights_cache.popitem(last=False)
+    if size <= WEIGHTS_CACHE_MAX_BYTES:
+        _weights_cache.put(key, model)
     return model
 
 
 def clear_weights_cache() -> None:
     """Forget the weights kept by ``load_model``."""
-    with _weights_lock:
-        _weights_cache.clear()
+    _weights_cache.clear()
 
 
 def _weights_key(path: str, dtype: Any) -> tuple[str, int, str] | None:
