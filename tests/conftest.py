@@ -40,10 +40,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     end and neither worker waits long for the other."""
 
     def rank(item: pytest.Item) -> tuple[int, int]:
-        if item.nodeid.startswith(NOTEBOOK_RUNS):
-            return (0, LONGEST not in item.nodeid)
-        path = item.nodeid.split("::")[0]
-        return (1, HEAVY_FILES.index(path)) if path in HEAVY_FILES else (2, 0)
+        unit = work_unit(item.nodeid)
+        if unit == item.nodeid:  # a notebook run
+            return (0, LONGEST not in unit)
+        return (1, HEAVY_FILES.index(unit)) if unit in HEAVY_FILES else (2, 0)
 
     items.sort(key=rank)  # stable: collection order within a rank
 
@@ -61,9 +61,14 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class FileOrNotebookScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return nodeid if nodeid.startswith(NOTEBOOK_RUNS) else nodeid.split("::")[0]
+            return work_unit(nodeid)
 
     return FileOrNotebookScheduling(config, log)
+
+
+def work_unit(nodeid: str) -> str:
+    """What runs in one worker together: a notebook run alone, any other test with its file."""
+    return nodeid if nodeid.startswith(NOTEBOOK_RUNS) else nodeid.split("::")[0]
 
 
 NOTEBOOK_RUNS = "tests/test_notebooks.py::test_notebook_runs_headless"

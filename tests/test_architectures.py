@@ -90,16 +90,18 @@ class FullRuns(dict[str, str]):
 
     def __missing__(self, name: str) -> str:
         data = write_jsonl(self.root / f"{name}-copy.jsonl", copy_task(name))
-        register = {"register_to": f"main.archs.{name.replace('.', '_').replace('-', '_')}"}
-        config = run_config(
-            name, self.model_dirs[name], data, **(register if name in SERVED else {})
-        )
+        register = {"register_to": registered_name(name)} if name in SERVED else {}
+        config = run_config(name, self.model_dirs[name], data, **register)
         run_id = store.create_run(config, backend="inkernel")
         result = train(config, run_id)
         assert result.status == "COMPLETED", result.reason
         assert result.final_loss is not None and result.final_loss < 0.1
         self[name] = run_id
         return run_id
+
+
+def registered_name(name: str) -> str:
+    return f"main.archs.{name.replace('.', '_').replace('-', '_')}"
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +236,7 @@ def store_losses(run_id: str) -> dict[int, float]:
 @pytest.mark.parametrize("name", SERVED)
 def test_served_model_answers_as_run_generate(name: str, full_runs: FullRuns) -> None:
     run = get_run(full_runs[name])
-    assert run.registered_model == f"models:/main.archs.{name}/1"
+    assert run.registered_model == f"models:/{registered_name(name)}/1"
     prompt = copy_task(name)[0]["messages"][:-1]
     expected = run.generate(prompt, max_new_tokens=16)
     assert expected.strip() == copy_task(name)[0]["messages"][-1]["content"]
